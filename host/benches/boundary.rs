@@ -1,0 +1,205 @@
+//! What it costs to hand records to a plugin.
+//!
+//! - `noop/N`: a batch of N messages through the real contract and the real
+//!   engine to a plugin that passes every message on, and back (encode,
+//!   call, decode, build outputs). Divide by N for the per-record cost.
+//! - `layout/*`: the same 256 messages handed to a guest three ways — one call
+//!   per record, one call with a `list` of records holding nested strings,
+//!   and one call with the flat layout the contract uses. This is the
+//!   measurement behind the contract's batch layout (wit/README.md).
+//! - `threshold/*`: the `threshold` plugin in wasm against the same plugin
+//!   crate compiled natively and run through the SDK's native harness (same
+//!   batch code path, no wasm), over the same 256 messages.
+//!
+//! After criterion's own report, a summary prints per-record costs and the
+//! wasm/native ratio from this run's estimates.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use weir::Message;
+use weir::engine::{Limits, Runtime, RuntimeOptions};
+
+const BATCH_SIZES: [usize; 4] = [1, 16, 256, 1024];
+const LAYOUT_BATCH: usize = 256;
+
+fn messages(n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            let payload = format!(
+                r#"{{"temp": {}.5, "hum": {}, "status": "ok", "seq": {i}}}"#,
+                20 + i % 20,
+                40 + i % 30
+            );
+            let mut m = Message::new(
+                format!("devices/dev-{:04}/temp_hum", i % 1000),
+                payload.into_bytes(),
+                1_700_000_000_000 + i as i64,
+            );
+            m.fields =
+                weir::Fields::from_pairs([("device", format!("dev-{:04}", i % 1000).as_str())]);
+            m
+        })
+        .collect()
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeOptions { cache_dir: None }).unwrap()
+}
+
+fn bench_noop(c: &mut Criterion, rt: &Runtime) {
+    let plugin = rt.load(Path::new(weir_test_artifacts::NOOP)).unwrap();
+    let mut instance = plugin
+        .instantiate("noop", &Default::default(), Limits::default())
+        .unwrap();
+    let mut group = c.benchmark_group("noop");
+    for n in BATCH_SIZES {
+        let batch = messages(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &batch, |b, batch| {
+            b.iter(|| {
+                let out = instance.process(batch);
+                assert_eq!(out.outputs.len(), batch.len());
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+mod probe {
+    wasmtime::component::bindgen!({
+        path: "../tests/guests/layout-probe/wit",
+        world: "layout-probe",
+    });
+}
+
+fn bench_layouts(c: &mut Criterion, rt: &Runtime) {
+    use probe::exports::weir_bench::layout::probe::{FlatBatch, FlatEvent, NestedEvent, Span};
+    let engine = rt.engine();
+    let component =
+        wasmtime::component::Component::from_file(engine, weir_test_artifacts::LAYOUT_PROBE)
+            .unwrap();
+    let linker = wasmtime::component::Linker::<()>::new(engine);
+    let mut store = wasmtime::Store::new(engine, ());
+    store.set_epoch_deadline(u64::MAX / 2);
+    let probe = probe::LayoutProbe::instantiate(&mut store, &component, &linker).unwrap();
+    let probe = probe.weir_bench_layout_probe();
+
+    let source = messages(LAYOUT_BATCH);
+    let nested: Vec<NestedEvent> = source
+        .iter()
+        .map(|m| NestedEvent {
+            topic: m.topic.to_string(),
+            payload: m.payload.to_vec(),
+            fields: m
+                .fields
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            timestamp_ms: m.timestamp_ms,
+            qos: m.qos,
+        })
+        .collect();
+    let expected: u32 = source.iter().map(|m| m.payload.len() as u32).sum();
+
+    let mut group = c.benchmark_group("layout");
+    group.throughput(Throughput::Elements(LAYOUT_BATCH as u64));
+    group.bench_function("per-record", |b| {
+        b.iter(|| {
+            let mut sum = 0;
+            for e in &nested {
+                sum += probe.call_per_record(&mut store, e).unwrap();
+            }
+            assert_eq!(sum, expected);
+        })
+    });
+    group.bench_function("nested-list", |b| {
+        b.iter(|| assert_eq!(probe.call_nested(&mut store, &nested).unwrap(), expected))
+    });
+    // The flat layout, built from host messages each time as the engine does.
+    let mut batch = FlatBatch {
+        events: Vec::new(),
+        data: Vec::new(),
+    };
+    group.bench_function("flat", |b| {
+        b.iter(|| {
+            batch.events.clear();
+            batch.data.clear();
+            for m in &source {
+                let mut push = |bytes: &[u8]| {
+                    let span = Span {
+                        offset: batch.data.len() as u32,
+                        len: bytes.len() as u32,
+                    };
+                    batch.data.extend_from_slice(bytes);
+                    span
+                };
+                let topic = push(m.topic.as_bytes());
+                let payload = push(&m.payload);
+                let fields = push(m.fields.encoded());
+                batch.events.push(FlatEvent {
+                    topic,
+                    payload,
+                    fields,
+                    timestamp_ms: m.timestamp_ms,
+                    qos: m.qos,
+                });
+            }
+            assert_eq!(probe.call_flat(&mut store, &batch).unwrap(), expected);
+        })
+    });
+    group.finish();
+}
+
+fn main() {
+    let rt = runtime();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    bench_noop(&mut c, &rt);
+    bench_layouts(&mut c, &rt);
+    c.final_summary();
+    summary::print();
+}
+
+/// Reads this run's estimates back from criterion's output folder and
+/// prints per-record costs and ratios.
+mod summary {
+    use std::path::PathBuf;
+
+    fn estimate_ns(id: &str) -> Option<f64> {
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let path = dir.join("criterion").join(id).join("new/estimates.json");
+        let text = std::fs::read_to_string(path).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        json["mean"]["point_estimate"].as_f64()
+    }
+
+    pub(super) fn print() {
+        println!("\nsummary (mean of this run)");
+        for n in super::BATCH_SIZES {
+            if let Some(ns) = estimate_ns(&format!("noop/{n}")) {
+                println!("  noop batch {n:>5}: {:>8.1} ns/record", ns / n as f64);
+            }
+        }
+        let per = |id: &str| estimate_ns(id).map(|ns| ns / super::LAYOUT_BATCH as f64);
+        if let (Some(a), Some(b), Some(f)) = (
+            per("layout/per-record"),
+            per("layout/nested-list"),
+            per("layout/flat"),
+        ) {
+            println!(
+                "  layout, {} records: per-record call {a:.1} ns/record, nested list {b:.1}, \
+                 flat {f:.1} (flat is {:.1}x cheaper than nested, {:.1}x than per-record)",
+                super::LAYOUT_BATCH,
+                b / f,
+                a / f
+            );
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The on-disk cache of compiled components.
+//!
+//! Compiling a component is the slow part of loading it (milliseconds for a
+//! Rust guest, seconds for a JavaScript or Python one). The cache keeps
+//! wasmtime's serialized artifact under a name made of the component's
+//! SHA-256 and a fingerprint of everything that makes an artifact
+//! incompatible: the wasmtime version and the engine's configuration (which
+//! includes the enabled cargo features and the target).
+//!
+//! Loading an artifact runs native code from disk, so the folder is created
+//! private to the user (0700) and only this module writes into it, through a
+//! temporary file renamed into place (a reader never sees half a file). A
+//! corrupt or incompatible artifact is not fatal: wasmtime refuses it, the
+//! component is compiled again and the entry replaced.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::to_anyhow;
+
+/// Where a component's compiled code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadSource {
+    /// Already compiled earlier in this process.
+    Memory,
+    /// Read from the on-disk cache.
+    Disk,
+    /// Compiled now (and written to the cache, if there is one).
+    Compiled,
+}
+
+impl LoadSource {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadSource::Memory => "memory",
+            LoadSource::Disk => "disk",
+            LoadSource::Compiled => "compiled",
+        }
+    }
+}
+
+pub(super) struct ArtifactCache {
+    dir: Option<PathBuf>,
+    fingerprint: String,
+}
+
+impl ArtifactCache {
+    pub(super) fn new(engine: &wasmtime::Engine, dir: Option<PathBuf>) -> Self {
+        // DefaultHasher::new() uses fixed keys: stable for one build of weir,
+        // and a change across builds only costs a recompile.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let fingerprint = format!("wasmtime-48.0.8-{:016x}", hasher.finish());
+        ArtifactCache { dir, fingerprint }
+    }
+
+    fn entry(&self, hash: &[u8; 32]) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        Some(dir.join(format!("{}-{}.cwasm", hex(hash), self.fingerprint)))
+    }
+
+    pub(super) fn get_or_compile(
+        &self,
+        engine: &wasmtime::Engine,
+        hash: &[u8; 32],
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, LoadSource)> {
+        let entry = self.entry(hash);
+        if let Some(path) = entry.as_deref().filter(|p| p.exists()) {
+            // SAFETY: the artifact was written by `store` below into a folder
+            // private to this user; wasmtime checks its header, version and
+            // configuration before using it.
+            match unsafe { Component::deserialize_file(engine, path) } {
+                Ok(component) => return Ok((component, LoadSource::Disk)),
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "Ignoring unusable compiled artifact; compiling again."
+                ),
+            }
+        }
+        let artifact = engine
+            .precompile_component(bytes)
+            .map_err(to_anyhow)
+            .context("compilation failed")?;
+        // SAFETY: the bytes were produced just above by this engine.
+        let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(to_anyhow)?;
+        if let Some(path) = entry
+            && let Err(e) = store(&path, &artifact)
+        {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "Cannot write compiled artifact to the cache.");
+        }
+        Ok((component, LoadSource::Compiled))
+    }
+}
+
+fn store(path: &Path, artifact: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().expect("cache entries live in a folder");
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create cache folder {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(artifact)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot rename into {}", path.display()))?;
+    Ok(())
+}
+
+/// SHA-256 of a component's bytes.
+pub(super) fn content_hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

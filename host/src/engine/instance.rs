@@ -1,0 +1,504 @@
+//! One plugin instance: a `Store`, the guest's exports, and recovery.
+//!
+//! [`Instance::process`] never fails as a whole. What goes wrong is reported
+//! per input record in the [`BatchOutcome`]:
+//!
+//! - the guest rejects a record (a `failure` in its outcome): that record
+//!   fails, the rest of the batch is processed as usual;
+//! - the guest traps (a panic, an `unreachable`): the `Store` is poisoned, so
+//!   it is dropped and a fresh instance is built from the `InstancePre` and
+//!   initialised with the same config; the batch is then re-run in halves on
+//!   fresh instances until the failing records are isolated, so one bad
+//!   record fails alone (a batch of n with one bad record costs about
+//!   2·log2(n) extra calls, only when something traps);
+//! - the batch overruns its CPU deadline or hits the memory cap: the whole
+//!   batch fails (re-running it would cost the deadline again, or the memory
+//!   again) and the next batch runs on a fresh instance.
+//!
+//! Each of these is logged and counted once, through [`crate::telemetry`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::Store;
+
+use super::batch::{self, Encoder};
+use super::bindings::Transformer;
+use super::bindings::weir::plugin::types::PluginKind;
+use super::host::{HostState, MemoryCapExceeded};
+use super::{ConfigKey, ContractError, EPOCH_TICK, Limits, Metadata, Plugin, to_anyhow};
+use crate::message::Message;
+use crate::telemetry;
+
+/// Why a plugin could not be loaded or started.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("cannot read plugin {}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+    /// The file is not a plugin for this weir.
+    #[error("{} is {cause}", path.display())]
+    Contract {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        cause: ContractError,
+    },
+    /// Compilation failed.
+    #[error("cannot compile {}: {cause:#}", path.display())]
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// The compiler's error.
+        cause: anyhow::Error,
+    },
+    /// The component imports something weir does not provide.
+    #[error("cannot link {}: {cause:#}", path.display())]
+    Link {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        cause: anyhow::Error,
+    },
+    /// Instantiation or a call before `init` failed.
+    #[error("plugin {plugin:?} failed to {stage}: {reason}")]
+    Start {
+        /// The plugin.
+        plugin: String,
+        /// `instantiate`, `describe itself` or `initialise`.
+        stage: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The config has a key the plugin does not accept.
+    #[error(
+        "plugin {plugin:?} does not accept config key {key:?}{}; it accepts: {accepted}",
+        suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default()
+    )]
+    UnknownConfigKey {
+        /// The plugin.
+        plugin: String,
+        /// The key.
+        key: String,
+        /// The closest accepted key, if one is close.
+        suggestion: Option<String>,
+        /// Every accepted key.
+        accepted: String,
+    },
+    /// `init` returned an error.
+    #[error("plugin {plugin:?} refused its config: {reason}")]
+    InitRefused {
+        /// The plugin.
+        plugin: String,
+        /// The plugin's own words.
+        reason: String,
+    },
+}
+
+/// Why a record failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// The plugin reported the record as failed.
+    Rejected,
+    /// The plugin trapped (panicked) on the record.
+    Trap,
+    /// The batch ran past its CPU deadline.
+    Deadline,
+    /// The instance reached its memory cap.
+    MemoryCap,
+    /// The plugin emitted an output that breaks the contract.
+    InvalidOutput,
+    /// No instance could be built to process the record.
+    Unavailable,
+}
+
+impl FailureKind {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Rejected => "rejected",
+            FailureKind::Trap => "trap",
+            FailureKind::Deadline => "deadline",
+            FailureKind::MemoryCap => "memory_cap",
+            FailureKind::InvalidOutput => "invalid_output",
+            FailureKind::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// An output message, with the index of the input it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// Index of the input in the batch.
+    pub input: usize,
+    /// The message.
+    pub message: Message,
+}
+
+/// A failed input record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Index of the input in the batch.
+    pub input: usize,
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// Why, for the operator.
+    pub reason: String,
+}
+
+/// What became of a batch. Outputs are in input order (and emission order
+/// within an input); an input with neither output nor failure was dropped.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// The outputs.
+    pub outputs: Vec<Output>,
+    /// The failed inputs, sorted by input index.
+    pub failures: Vec<Failure>,
+}
+
+/// Counters of one instance, for reports and tests.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceStats {
+    /// Batches processed.
+    pub batches: u64,
+    /// Records handed in.
+    pub records_in: u64,
+    /// Records emitted.
+    pub records_out: u64,
+    /// Failed records, by kind.
+    pub failures: BTreeMap<FailureKind, u64>,
+    /// Instances rebuilt after a trap, deadline or memory-cap hit.
+    pub restarts: u64,
+}
+
+/// A running plugin instance with its config.
+pub struct Instance {
+    plugin: Plugin,
+    name: Arc<str>,
+    config_json: String,
+    limits: Limits,
+    live: Option<Live>,
+    encoder: Encoder,
+    stats: InstanceStats,
+}
+
+struct Live {
+    store: Store<HostState>,
+    bindings: Transformer,
+}
+
+/// A call into the guest that did not return normally.
+struct CallError {
+    kind: FailureKind,
+    reason: String,
+}
+
+impl Instance {
+    pub(super) fn new(
+        plugin: Plugin,
+        name: &str,
+        config: &serde_json::Map<String, serde_json::Value>,
+        limits: Limits,
+    ) -> Result<Self, PluginError> {
+        let metadata = plugin.metadata()?;
+        check_config_keys(&metadata, config)?;
+        let name: Arc<str> = Arc::from(name);
+        let config_json = serde_json::Value::Object(config.clone()).to_string();
+        let live = start(&plugin, &name, &config_json, limits)?;
+        Ok(Instance {
+            plugin,
+            name,
+            config_json,
+            limits,
+            live: Some(live),
+            encoder: Encoder::new(),
+            stats: InstanceStats::default(),
+        })
+    }
+
+    /// The name this instance reports under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Counters since the instance was created.
+    pub fn stats(&self) -> &InstanceStats {
+        &self.stats
+    }
+
+    /// Runs a batch through the plugin. See the module docs for what happens
+    /// when something goes wrong.
+    pub fn process(&mut self, messages: &[Message]) -> BatchOutcome {
+        let mut result = BatchOutcome::default();
+        self.run(messages, 0, &mut result);
+        result.failures.sort_by_key(|f| f.input);
+        self.stats.batches += 1;
+        self.stats.records_in += messages.len() as u64;
+        self.stats.records_out += result.outputs.len() as u64;
+        telemetry::plugin_records(&self.name, messages.len(), result.outputs.len());
+        let mut by_kind: BTreeMap<FailureKind, (usize, &str)> = BTreeMap::new();
+        for f in &result.failures {
+            let entry = by_kind.entry(f.kind).or_insert((0, &f.reason));
+            entry.0 += 1;
+        }
+        for (kind, (count, first_reason)) in by_kind {
+            *self.stats.failures.entry(kind).or_default() += count as u64;
+            telemetry::plugin_failed(&self.name, kind.as_str(), count, first_reason);
+        }
+        result
+    }
+
+    fn run(&mut self, messages: &[Message], offset: usize, result: &mut BatchOutcome) {
+        if messages.is_empty() {
+            return;
+        }
+        if self.live.is_none() {
+            match start(&self.plugin, &self.name, &self.config_json, self.limits) {
+                Ok(live) => self.live = Some(live),
+                Err(e) => {
+                    return fail_all(
+                        messages,
+                        offset,
+                        FailureKind::Unavailable,
+                        &e.to_string(),
+                        result,
+                    );
+                }
+            }
+        }
+        let live = self.live.as_mut().expect("started above");
+        let batch = match self.encoder.encode(messages) {
+            Ok(batch) => batch,
+            Err(batch::BatchTooLarge) if messages.len() > 1 => {
+                let mid = messages.len() / 2;
+                self.run(&messages[..mid], offset, result);
+                self.run(&messages[mid..], offset + mid, result);
+                return;
+            }
+            Err(batch::BatchTooLarge) => {
+                let reason = "the message is larger than the 4 GiB a batch can carry";
+                return fail_all(messages, offset, FailureKind::Unavailable, reason, result);
+            }
+        };
+        let called = call(live, self.limits.batch_deadline, |live| {
+            live.bindings
+                .weir_plugin_transform()
+                .call_process(&mut live.store, batch)
+        });
+        match called {
+            Ok(outcome) => {
+                if let Err(reason) = batch::decode(outcome, messages, offset, result) {
+                    fail_all(
+                        messages,
+                        offset,
+                        FailureKind::InvalidOutput,
+                        &reason,
+                        result,
+                    );
+                }
+            }
+            Err(e) => {
+                // A trapped Store must not be used again.
+                self.live = None;
+                self.stats.restarts += 1;
+                telemetry::plugin_restarted(&self.name, e.kind.as_str());
+                if e.kind == FailureKind::Trap && messages.len() > 1 {
+                    let mid = messages.len() / 2;
+                    self.run(&messages[..mid], offset, result);
+                    self.run(&messages[mid..], offset + mid, result);
+                } else {
+                    fail_all(messages, offset, e.kind, &e.reason, result);
+                }
+            }
+        }
+    }
+}
+
+fn fail_all(
+    messages: &[Message],
+    offset: usize,
+    kind: FailureKind,
+    reason: &str,
+    result: &mut BatchOutcome,
+) {
+    result.failures.extend((0..messages.len()).map(|i| Failure {
+        input: offset + i,
+        kind,
+        reason: reason.to_owned(),
+    }));
+}
+
+/// Instantiates the plugin and runs `init`.
+fn start(
+    plugin: &Plugin,
+    name: &Arc<str>,
+    config_json: &str,
+    limits: Limits,
+) -> Result<Live, PluginError> {
+    let mut live = instantiate(plugin, name, limits)?;
+    let init = call(&mut live, limits.batch_deadline, |live| {
+        live.bindings
+            .weir_plugin_transform()
+            .call_init(&mut live.store, config_json)
+    });
+    match init {
+        Ok(Ok(())) => Ok(live),
+        Ok(Err(reason)) => Err(PluginError::InitRefused {
+            plugin: name.to_string(),
+            reason,
+        }),
+        Err(e) => Err(PluginError::Start {
+            plugin: name.to_string(),
+            stage: "initialise",
+            reason: e.reason,
+        }),
+    }
+}
+
+fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live, PluginError> {
+    let inner = &plugin.inner;
+    let mut store = Store::new(
+        &inner.runtime.engine,
+        HostState::new(name.clone(), limits.memory_cap_bytes),
+    );
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(deadline_ticks(limits.batch_deadline));
+    let bindings = inner
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| PluginError::Start {
+            plugin: name.to_string(),
+            stage: "instantiate",
+            reason: describe(&to_anyhow(e), None),
+        })?;
+    Ok(Live { store, bindings })
+}
+
+/// Reads metadata from a throwaway instance.
+pub(super) fn read_metadata(plugin: &Plugin) -> Result<Metadata, PluginError> {
+    let label: Arc<str> = Arc::from(plugin.path().display().to_string());
+    let limits = Limits::default();
+    let mut live = instantiate(plugin, &label, limits)?;
+    let m = call(&mut live, limits.batch_deadline, |live| {
+        live.bindings
+            .weir_plugin_transform()
+            .call_metadata(&mut live.store)
+    })
+    .map_err(|e| PluginError::Start {
+        plugin: label.to_string(),
+        stage: "describe itself",
+        reason: e.reason,
+    })?;
+    Ok(Metadata {
+        name: m.name,
+        version: m.version,
+        kind: match m.kind {
+            PluginKind::Filter => "filter",
+            PluginKind::Map => "map",
+            PluginKind::FlatMap => "flat-map",
+            PluginKind::Aggregate => "aggregate",
+        }
+        .to_owned(),
+        config_keys: m
+            .config_keys
+            .into_iter()
+            .map(|k| ConfigKey {
+                name: k.name,
+                description: k.description,
+            })
+            .collect(),
+    })
+}
+
+/// Calls into the guest under the deadline, and classifies a failure.
+fn call<R>(
+    live: &mut Live,
+    deadline: Duration,
+    f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    live.store.set_epoch_deadline(deadline_ticks(deadline));
+    live.store.data().last_stderr.lock().unwrap().take();
+    f(live).map_err(|e| {
+        let e = to_anyhow(e);
+        let stderr = live.store.data().last_stderr.lock().unwrap().take();
+        let kind = classify(&e);
+        let reason = match kind {
+            FailureKind::Deadline => format!(
+                "the plugin ran past its {} ms deadline and was interrupted",
+                deadline.as_millis()
+            ),
+            _ => describe(&e, stderr),
+        };
+        CallError { kind, reason }
+    })
+}
+
+fn classify(e: &anyhow::Error) -> FailureKind {
+    if e.chain().any(|c| c.is::<MemoryCapExceeded>()) {
+        return FailureKind::MemoryCap;
+    }
+    match e.chain().find_map(|c| c.downcast_ref::<wasmtime::Trap>()) {
+        Some(wasmtime::Trap::Interrupt) => FailureKind::Deadline,
+        _ => FailureKind::Trap,
+    }
+}
+
+fn describe(e: &anyhow::Error, stderr: Option<String>) -> String {
+    let root = e.root_cause().to_string();
+    match stderr {
+        Some(line) => format!("{root} (the plugin's last words: {line})"),
+        None => root,
+    }
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    // One extra tick: the current tick may be almost over.
+    (deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+}
+
+fn check_config_keys(
+    metadata: &Metadata,
+    config: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), PluginError> {
+    for key in config.keys() {
+        if metadata.config_keys.iter().any(|k| &k.name == key) {
+            continue;
+        }
+        let suggestion = metadata
+            .config_keys
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(&k.name, key), &k.name))
+            .filter(|(d, _)| *d <= 2)
+            .min()
+            .map(|(_, name)| name.clone());
+        let accepted = if metadata.config_keys.is_empty() {
+            "no keys".to_owned()
+        } else {
+            metadata
+                .config_keys
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(PluginError::UnknownConfigKey {
+            plugin: metadata.name.clone(),
+            key: key.clone(),
+            suggestion,
+            accepted,
+        });
+    }
+    Ok(())
+}

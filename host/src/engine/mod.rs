@@ -1,0 +1,345 @@
+//! The WebAssembly plugin runtime.
+//!
+//! Owns the one `wasmtime::Engine` of the process, the compiled-component
+//! cache, and plugin instances. A plugin is loaded once per content hash
+//! ([`Runtime::load`] → [`Plugin`]), pre-linked ([`InstancePre`]), and then
+//! instantiated as many times as it is used ([`Plugin::instantiate`] →
+//! [`Instance`]), each instance in its own `Store` with its own limits.
+//!
+//! What this module guarantees: a guest can never take the process down. A
+//! trap, a deadline overrun or a memory-cap hit becomes a counted failure of
+//! the records concerned and a fresh instance; guests get no ambient
+//! authority (no files, environment, network or inherited stdio).
+//!
+//! What it must never do: block on I/O while a guest runs, or hand a guest
+//! anything the manifest did not grant.
+//!
+//! [`InstancePre`]: wasmtime::component::InstancePre
+
+mod batch;
+mod cache;
+mod contract;
+mod host;
+mod instance;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+pub use self::cache::LoadSource;
+pub use self::contract::{ComponentInfo, ContractError};
+pub use self::instance::{BatchOutcome, Failure, FailureKind, Instance, Output, PluginError};
+
+use self::cache::ArtifactCache;
+use self::host::HostState;
+
+/// Generated bindings for the `transformer` world.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "transformer",
+    });
+}
+
+pub use bindings::weir::plugin::types::PluginKind;
+
+/// How often the engine's epoch advances. A batch deadline is a whole number
+/// of ticks, so this bounds how late an overrunning guest is stopped; the
+/// cost is one atomic increment per tick on a background thread.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Linear memory an instance may use unless the manifest says otherwise.
+/// Protects the gateway: a leaking guest stops at this size, not at the OOM
+/// killer.
+pub const DEFAULT_MEMORY_CAP_BYTES: usize = 64 << 20;
+
+/// CPU time a batch may take unless the manifest says otherwise. Protects the
+/// pipeline: a guest stuck in a loop holds its rule for at most this long.
+pub const DEFAULT_BATCH_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Options of the process-wide runtime.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    /// Where compiled components are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RuntimeOptions {
+    /// The default cache folder: `$WEIR_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/weir/components`, else `~/.cache/weir/components`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("WEIR_CACHE_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("weir").join("components"))
+    }
+}
+
+/// Limits applied to one plugin instance.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Cap on the instance's linear memory, in bytes.
+    pub memory_cap_bytes: usize,
+    /// CPU time one `process` call may take.
+    pub batch_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_cap_bytes: DEFAULT_MEMORY_CAP_BYTES,
+            batch_deadline: DEFAULT_BATCH_DEADLINE,
+        }
+    }
+}
+
+/// The process-wide plugin runtime: one engine, one linker, one cache.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: wasmtime::Engine,
+    linker: Linker<HostState>,
+    cache: ArtifactCache,
+    /// Components already compiled in this process, by content hash.
+    compiled: Mutex<std::collections::HashMap<[u8; 32], Component>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine, links the host imports and WASI, and starts the
+    /// epoch ticker.
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = wasmtime::Engine::new(&config).map_err(to_anyhow)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(to_anyhow)?;
+        bindings::Transformer::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(to_anyhow)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
+
+        let cache = ArtifactCache::new(&engine, options.cache_dir);
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                compiled: Mutex::default(),
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// Loads a plugin component from a file: checks it is a component of a
+    /// supported contract, compiles it (or takes it from the cache), links it
+    /// and reads its metadata.
+    pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+            path: path.to_owned(),
+            cause: e,
+        })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    /// Like [`Runtime::load`], for bytes already in memory; `path` names them
+    /// in messages.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        let label = path.display().to_string();
+        contract::check_header(bytes).map_err(|e| PluginError::Contract {
+            path: path.to_owned(),
+            cause: e,
+        })?;
+        let started = Instant::now();
+        let hash = cache::content_hash(bytes);
+        let (component, source) = self
+            .compile(&hash, bytes)
+            .map_err(|e| PluginError::Compile {
+                path: path.to_owned(),
+                cause: e,
+            })?;
+        crate::telemetry::component_loaded(
+            &label,
+            source.as_str(),
+            started.elapsed().as_secs_f64() * 1e3,
+        );
+        let info = contract::inspect(&self.inner.engine, &component).map_err(|e| {
+            PluginError::Contract {
+                path: path.to_owned(),
+                cause: e,
+            }
+        })?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::TransformerPre::new)
+            .map_err(|e| PluginError::Link {
+                path: path.to_owned(),
+                cause: to_anyhow(e),
+            })?;
+        let plugin = Plugin {
+            inner: Arc::new(PluginInner {
+                path: path.to_owned(),
+                hash,
+                info,
+                load_source: source,
+                load_time: started.elapsed(),
+                pre,
+                runtime: self.inner.clone(),
+                metadata: Mutex::new(None),
+            }),
+        };
+        Ok(plugin)
+    }
+
+    fn compile(&self, hash: &[u8; 32], bytes: &[u8]) -> anyhow::Result<(Component, LoadSource)> {
+        if let Some(component) = self.inner.compiled.lock().unwrap().get(hash) {
+            return Ok((component.clone(), LoadSource::Memory));
+        }
+        let (component, source) =
+            self.inner
+                .cache
+                .get_or_compile(&self.inner.engine, hash, bytes)?;
+        self.inner
+            .compiled
+            .lock()
+            .unwrap()
+            .insert(*hash, component.clone());
+        Ok((component, source))
+    }
+
+    /// The wasmtime engine (for benchmarks and tools).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+}
+
+fn spawn_epoch_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .context("cannot start the epoch ticker thread")?;
+    Ok(())
+}
+
+/// A loaded, linked plugin component, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    path: PathBuf,
+    hash: [u8; 32],
+    info: ComponentInfo,
+    load_source: LoadSource,
+    load_time: Duration,
+    pre: bindings::TransformerPre<HostState>,
+    /// Keeps the engine and its epoch ticker alive as long as any plugin or
+    /// instance is: without ticks, deadlines would never fire.
+    runtime: Arc<RuntimeInner>,
+    metadata: Mutex<Option<Metadata>>,
+}
+
+/// What a plugin says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Metadata {
+    /// The plugin's name.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// `filter`, `map`, `flat-map` or `aggregate`.
+    pub kind: String,
+    /// Config keys the plugin accepts, with their descriptions.
+    pub config_keys: Vec<ConfigKey>,
+}
+
+/// A config key a plugin accepts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigKey {
+    /// The key.
+    pub name: String,
+    /// One line describing it; may be empty.
+    pub description: String,
+}
+
+impl Plugin {
+    /// The file the plugin was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// SHA-256 of the component's bytes, in hex.
+    pub fn content_hash(&self) -> String {
+        cache::hex(&self.inner.hash)
+    }
+
+    /// The contract the component was built against, and its imports.
+    pub fn info(&self) -> &ComponentInfo {
+        &self.inner.info
+    }
+
+    /// Where the compiled code came from on this load.
+    pub fn load_source(&self) -> LoadSource {
+        self.inner.load_source
+    }
+
+    /// How long the load took (read excluded).
+    pub fn load_time(&self) -> Duration {
+        self.inner.load_time
+    }
+
+    /// The plugin's metadata, read once from a throwaway instance.
+    pub fn metadata(&self) -> Result<Metadata, PluginError> {
+        if let Some(m) = self.inner.metadata.lock().unwrap().as_ref() {
+            return Ok(m.clone());
+        }
+        let m = instance::read_metadata(self)?;
+        *self.inner.metadata.lock().unwrap() = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Creates an instance: checks `config` against the plugin's accepted
+    /// keys, instantiates, and runs `init`.
+    pub fn instantiate(
+        &self,
+        name: &str,
+        config: &serde_json::Map<String, serde_json::Value>,
+        limits: Limits,
+    ) -> Result<Instance, PluginError> {
+        Instance::new(self.clone(), name, config, limits)
+    }
+}
+
+/// Converts wasmtime's error type (not `anyhow::Error` since wasmtime 48)
+/// into `anyhow`, keeping the chain and the ability to downcast.
+pub(crate) fn to_anyhow(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::Error::from(e)
+}

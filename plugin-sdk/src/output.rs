@@ -1,0 +1,290 @@
+//! What a plugin sends on: [`Output`] describes one output message as a set
+//! of changes to its input, and [`Emitter`] writes outputs into the batch's
+//! outcome.
+//!
+//! Every part an output leaves alone goes back to the host as `none`, so the
+//! host reuses the input's bytes: passing a message through writes one
+//! small fixed-size descriptor and copies nothing. Changed parts are appended to the
+//! outcome's single `data` buffer.
+
+use serde_json::Value;
+
+use crate::__bindings::weir::plugin::types::{Emitted, Span};
+use crate::Kind;
+use crate::message::{Fields, encode_field};
+
+/// One output message, described by how it differs from its input.
+///
+/// `Output::new()` is the input unchanged; each setter replaces one part.
+///
+/// ```
+/// # use serde_json::json;
+/// use weir_sdk::Output;
+///
+/// let out = Output::new()
+///     .topic("alerts/hot")
+///     .json(&json!({"temp": 31.5}))
+///     .field("severity", "high");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    topic: Option<String>,
+    payload: Option<Vec<u8>>,
+    fields: FieldEdit,
+    timestamp_ms: Option<i64>,
+}
+
+/// How an output's field set relates to its input's.
+#[derive(Clone, Debug, Default, PartialEq)]
+enum FieldEdit {
+    /// The input's fields, unchanged (sent as `none`).
+    #[default]
+    Keep,
+    /// The input's fields with these set (`Some`) or removed (`None`).
+    Merge(Vec<(String, Option<String>)>),
+    /// Exactly these fields.
+    Replace(Vec<(String, String)>),
+}
+
+impl Output {
+    /// The input message, unchanged.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends the output on another topic.
+    #[must_use]
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Replaces the payload with these bytes (or text).
+    #[must_use]
+    pub fn payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
+        self.payload = Some(payload.into());
+        self
+    }
+
+    /// Replaces the payload with `value`, serialised as compact JSON.
+    #[must_use]
+    pub fn json(self, value: &Value) -> Self {
+        // Writing a `Value` into a `Vec` has no failure mode: every map key
+        // is a string and the writer cannot fail.
+        let bytes = serde_json::to_vec(value).expect("a JSON value always serialises");
+        self.payload(bytes)
+    }
+
+    /// Sets one field, keeping the input's other fields (or the ones given
+    /// to [`fields`](Self::fields) before).
+    #[must_use]
+    pub fn field(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.edit_field(key.into(), Some(value.into()));
+        self
+    }
+
+    /// Removes one field, keeping the others.
+    #[must_use]
+    pub fn remove_field(mut self, key: impl Into<String>) -> Self {
+        self.edit_field(key.into(), None);
+        self
+    }
+
+    /// Replaces the whole field set.
+    #[must_use]
+    pub fn fields<K, V>(mut self, fields: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let fields = fields.into_iter().map(|(k, v)| (k.into(), v.into()));
+        self.fields = FieldEdit::Replace(fields.collect());
+        self
+    }
+
+    /// Sets the timestamp, in milliseconds since the Unix epoch.
+    #[must_use]
+    pub fn timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    fn edit_field(&mut self, key: String, value: Option<String>) {
+        match &mut self.fields {
+            FieldEdit::Keep => self.fields = FieldEdit::Merge(vec![(key, value)]),
+            FieldEdit::Merge(edits) => match edits.iter_mut().find(|(k, _)| *k == key) {
+                Some(edit) => edit.1 = value,
+                None => edits.push((key, value)),
+            },
+            FieldEdit::Replace(fields) => {
+                fields.retain(|(k, _)| *k != key);
+                if let Some(value) = value {
+                    fields.push((key, value));
+                }
+            }
+        }
+    }
+}
+
+/// Collects the outputs of one batch.
+///
+/// A plugin gets one per call of [`Transform::process`](crate::Transform::process)
+/// and calls [`pass`](Self::pass) or [`emit`](Self::emit) zero or more
+/// times. If `process` then fails, the outputs it emitted for that message
+/// are withdrawn: a failed message has no outputs.
+pub struct Emitter<'a> {
+    emitted: Vec<Emitted>,
+    data: Vec<u8>,
+    input: u32,
+    input_fields: &'a [u8],
+}
+
+/// Where the outputs of the current message begin, for withdrawing them.
+#[derive(Clone, Copy)]
+pub(crate) struct Mark {
+    emitted: usize,
+    data: usize,
+}
+
+impl<'a> Emitter<'a> {
+    pub(crate) fn with_capacity(outputs: usize) -> Self {
+        Self {
+            emitted: Vec::with_capacity(outputs),
+            // Stays unallocated for a batch of pure passthroughs.
+            data: Vec::new(),
+            input: 0,
+            input_fields: &[],
+        }
+    }
+
+    /// Sends the input message on unchanged; copies nothing.
+    pub fn pass(&mut self) {
+        self.emitted.push(Emitted {
+            input: self.input,
+            topic: None,
+            payload: None,
+            fields: None,
+            timestamp_ms: None,
+        });
+    }
+
+    /// Sends one output message.
+    pub fn emit(&mut self, output: Output) {
+        let topic = output.topic.map(|t| self.append(t.as_bytes()));
+        let payload = output.payload.map(|p| self.append(&p));
+        let fields = match output.fields {
+            FieldEdit::Keep => None,
+            FieldEdit::Replace(fields) => {
+                let start = self.data.len();
+                for (key, value) in &fields {
+                    encode_field(&mut self.data, key, value);
+                }
+                Some(self.span_from(start))
+            }
+            FieldEdit::Merge(edits) => Some(self.merge_fields(&edits)),
+        };
+        self.emitted.push(Emitted {
+            input: self.input,
+            topic,
+            payload,
+            fields,
+            timestamp_ms: output.timestamp_ms,
+        });
+    }
+
+    /// Writes the input's fields with `edits` applied: set keys keep their
+    /// position, new keys go last, removed keys are skipped.
+    fn merge_fields(&mut self, edits: &[(String, Option<String>)]) -> Span {
+        let start = self.data.len();
+        for (key, value) in Fields::new(self.input_fields) {
+            match edits.iter().find(|(k, _)| k == key) {
+                Some((_, Some(new))) => encode_field(&mut self.data, key, new),
+                Some((_, None)) => {}
+                None => encode_field(&mut self.data, key, value),
+            }
+        }
+        for (key, value) in edits {
+            let Some(value) = value else { continue };
+            if !Fields::new(self.input_fields).any(|(k, _)| k == key) {
+                encode_field(&mut self.data, key, value);
+            }
+        }
+        self.span_from(start)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Span {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        self.span_from(start)
+    }
+
+    fn span_from(&self, start: usize) -> Span {
+        // wasm32 memory is at most 4 GiB, so a guest buffer always fits.
+        let offset = u32::try_from(start).expect("outcome data fits in 4 GiB");
+        let end = u32::try_from(self.data.len()).expect("outcome data fits in 4 GiB");
+        Span {
+            offset,
+            len: end - offset,
+        }
+    }
+
+    /// Starts the outputs of input `input`.
+    pub(crate) fn begin(&mut self, input: u32, input_fields: &'a [u8]) -> Mark {
+        self.input = input;
+        self.input_fields = input_fields;
+        Mark {
+            emitted: self.emitted.len(),
+            data: self.data.len(),
+        }
+    }
+
+    /// Withdraws everything emitted since `mark`.
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        self.emitted.truncate(mark.emitted);
+        self.data.truncate(mark.data);
+    }
+
+    /// Checks that the outputs since `mark` are what the plugin's kind
+    /// promises the host, so a broken plugin fails its messages instead of
+    /// confusing the pipeline.
+    pub(crate) fn check_kind(&self, kind: Kind, mark: Mark) -> Result<(), String> {
+        let new = &self.emitted[mark.emitted..];
+        match kind {
+            Kind::Filter => match new {
+                [] => Ok(()),
+                [e] if is_passthrough(e) => Ok(()),
+                [_] => Err("plugin bug: a filter may only pass its input unchanged, \
+                            but it emitted a modified message"
+                    .to_owned()),
+                _ => Err(format!(
+                    "plugin bug: a filter emits at most one output per message, \
+                     but it emitted {}",
+                    new.len()
+                )),
+            },
+            Kind::Map if new.len() != 1 => Err(format!(
+                "plugin bug: a map emits exactly one output per message, but it emitted {}",
+                new.len()
+            )),
+            Kind::Map | Kind::FlatMap => Ok(()),
+        }
+    }
+
+    pub(crate) fn finish(self) -> (Vec<Emitted>, Vec<u8>) {
+        (self.emitted, self.data)
+    }
+}
+
+fn is_passthrough(e: &Emitted) -> bool {
+    e.topic.is_none() && e.payload.is_none() && e.fields.is_none() && e.timestamp_ms.is_none()
+}
+
+impl std::fmt::Debug for Emitter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("input", &self.input)
+            .field("emitted", &self.emitted.len())
+            .field("data_bytes", &self.data.len())
+            .finish()
+    }
+}

@@ -1,0 +1,367 @@
+//! Run a plugin natively, in a unit test, through the same batch code the
+//! wasm export runs.
+//!
+//! [`Harness::run`] encodes [`TestMessage`]s into the contract's flat batch
+//! (descriptors plus one shared buffer), calls the SDK's batch loop, and
+//! decodes the outcome the way the host does: parts left `none` are taken
+//! from the input. Only the wasm boundary itself is skipped.
+//!
+//! ```
+//! use serde_json::json;
+//! use weir_sdk::testing::{Harness, TestMessage};
+//! use weir_sdk::{Message, Result};
+//!
+//! #[weir_sdk::filter]
+//! fn hot(msg: &Message) -> Result<bool> {
+//!     Ok(msg.get_f64("temp")? > 30.0)
+//! }
+//!
+//! let mut harness = Harness::<Plugin>::new(json!({})).unwrap();
+//! let run = harness.run(&[
+//!     TestMessage::json("t", json!({"temp": 31})),
+//!     TestMessage::json("t", json!({"temp": 20})),
+//!     TestMessage::text("t", "oops"),
+//! ]);
+//! assert_eq!(run.passed_inputs(), [0]);
+//! assert!(run.outputs[0].is_passthrough());
+//! assert_eq!(run.failed_inputs(), [2]);
+//! ```
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::__bindings::weir::plugin::types::{Batch, Event, Outcome, Span};
+use crate::log::Record;
+use crate::message::{Fields, encode_field};
+use crate::{Kind, Transform, config, log, runtime};
+
+/// One input message for a test run. Timestamp and QoS default to 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestMessage {
+    topic: String,
+    payload: Vec<u8>,
+    fields: Vec<(String, String)>,
+    timestamp_ms: i64,
+    qos: u8,
+}
+
+impl TestMessage {
+    /// A message with raw payload bytes.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            fields: Vec::new(),
+            timestamp_ms: 0,
+            qos: 0,
+        }
+    }
+
+    /// A message with a text payload.
+    pub fn text(topic: impl Into<String>, text: &str) -> Self {
+        Self::new(topic, text)
+    }
+
+    /// A message whose payload is `value` as compact JSON.
+    pub fn json(topic: impl Into<String>, value: Value) -> Self {
+        Self::new(topic, value.to_string())
+    }
+
+    /// Adds a field (a topic capture).
+    #[must_use]
+    pub fn field(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.fields.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the timestamp, in milliseconds since the Unix epoch.
+    #[must_use]
+    pub fn ts(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = timestamp_ms;
+        self
+    }
+
+    /// Sets the QoS.
+    #[must_use]
+    pub fn qos(mut self, qos: u8) -> Self {
+        self.qos = qos;
+        self
+    }
+}
+
+/// One output of a run, with every part resolved as the host resolves it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestOutput {
+    /// Index of the input it came from.
+    pub input: usize,
+    /// The topic (the input's, unless changed).
+    pub topic: String,
+    /// The payload (the input's, unless changed).
+    pub payload: Vec<u8>,
+    /// The fields (the input's, unless changed).
+    pub fields: Vec<(String, String)>,
+    /// The timestamp (the input's, unless changed).
+    pub timestamp_ms: i64,
+    /// Which parts the plugin sent as new values rather than `none`.
+    pub changed: Changed,
+}
+
+/// Which parts of an output were sent as new values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// A new topic was sent.
+    pub topic: bool,
+    /// A new payload was sent.
+    pub payload: bool,
+    /// A new field set was sent.
+    pub fields: bool,
+    /// A new timestamp was sent.
+    pub timestamp: bool,
+}
+
+impl TestOutput {
+    /// True if every part was left `none`: the host reuses the input as is.
+    pub fn is_passthrough(&self) -> bool {
+        self.changed == Changed::default()
+    }
+
+    /// The payload as text; panics if it is not UTF-8.
+    pub fn payload_str(&self) -> &str {
+        std::str::from_utf8(&self.payload).expect("output payload is UTF-8")
+    }
+
+    /// The payload parsed as JSON; panics if it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).expect("output payload is JSON")
+    }
+
+    /// The value of one field.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One failed input of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestFailure {
+    /// Index of the input.
+    pub input: usize,
+    /// The message the host would log.
+    pub message: String,
+}
+
+/// Everything one [`Harness::run`] produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Run {
+    /// Outputs, in emission order.
+    pub outputs: Vec<TestOutput>,
+    /// Failed inputs.
+    pub failures: Vec<TestFailure>,
+    /// Log records written during the run.
+    pub logs: Vec<Record>,
+}
+
+impl Run {
+    /// The input index of each output, in order (for a filter: the inputs it
+    /// kept).
+    pub fn passed_inputs(&self) -> Vec<usize> {
+        self.outputs.iter().map(|o| o.input).collect()
+    }
+
+    /// The input index of each failure, in order.
+    pub fn failed_inputs(&self) -> Vec<usize> {
+        self.failures.iter().map(|f| f.input).collect()
+    }
+
+    /// The failure message of input `input`, if it failed.
+    pub fn failure(&self, input: usize) -> Option<&str> {
+        self.failures
+            .iter()
+            .find(|f| f.input == input)
+            .map(|f| f.message.as_str())
+    }
+}
+
+/// A plugin instance under test.
+///
+/// For a function-form plugin the type is the `Plugin` struct the macro
+/// generated next to the function: `Harness::<Plugin>::new(…)`.
+pub struct Harness<P> {
+    plugin: P,
+    init_logs: Vec<Record>,
+}
+
+impl<P: Transform> Harness<P> {
+    /// Initialises the plugin with `config` (a JSON object, as the host
+    /// sends the manifest's table). The error is the text the host reports.
+    pub fn new(config: Value) -> Result<Self, String> {
+        Self::from_config_str(&config.to_string())
+    }
+
+    /// Initialises the plugin from a raw config string.
+    pub fn from_config_str(config: &str) -> Result<Self, String> {
+        log::capture::take();
+        let plugin = config::init::<P>(config)?;
+        Ok(Self {
+            plugin,
+            init_logs: log::capture::take(),
+        })
+    }
+
+    /// Runs one batch.
+    pub fn run(&mut self, messages: &[TestMessage]) -> Run {
+        log::capture::take();
+        let batch = encode(messages);
+        let outcome = runtime::process_batch(&mut self.plugin, &batch);
+        let mut run = decode(messages, &outcome);
+        run.logs = log::capture::take();
+        run
+    }
+
+    /// Runs one message.
+    pub fn run_one(&mut self, message: TestMessage) -> Run {
+        self.run(std::slice::from_ref(&message))
+    }
+
+    /// The plugin, to inspect its state.
+    pub fn plugin(&self) -> &P {
+        &self.plugin
+    }
+
+    /// Log records written during `init`.
+    pub fn init_logs(&self) -> &[Record] {
+        &self.init_logs
+    }
+}
+
+impl<P> fmt::Debug for Harness<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Harness")
+            .field("plugin", &std::any::type_name::<P>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a plugin reports before `init`, minus the name and version (which
+/// the export macro takes from the plugin crate's `Cargo.toml`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// The plugin's kind.
+    pub kind: Kind,
+    /// `(key, description)` for each config key.
+    pub config_keys: Vec<(String, String)>,
+}
+
+/// The metadata `P` reports to the host.
+pub fn metadata<P: Transform>() -> Metadata {
+    let meta = runtime::metadata::<P>("", "");
+    Metadata {
+        kind: P::KIND,
+        config_keys: meta
+            .config_keys
+            .into_iter()
+            .map(|k| (k.name, k.description))
+            .collect(),
+    }
+}
+
+/// Takes the log records written on this thread since the last take.
+pub fn take_logs() -> Vec<Record> {
+    log::capture::take()
+}
+
+fn encode(messages: &[TestMessage]) -> Batch {
+    let mut data = Vec::new();
+    let mut events = Vec::with_capacity(messages.len());
+    for m in messages {
+        let topic = append(&mut data, m.topic.as_bytes());
+        let payload = append(&mut data, &m.payload);
+        let start = data.len();
+        for (key, value) in &m.fields {
+            encode_field(&mut data, key, value);
+        }
+        events.push(Event {
+            topic,
+            payload,
+            fields: span(start, data.len()),
+            timestamp_ms: m.timestamp_ms,
+            qos: m.qos,
+        });
+    }
+    Batch { events, data }
+}
+
+fn append(data: &mut Vec<u8>, bytes: &[u8]) -> Span {
+    let start = data.len();
+    data.extend_from_slice(bytes);
+    span(start, data.len())
+}
+
+fn span(start: usize, end: usize) -> Span {
+    Span {
+        offset: u32::try_from(start).expect("test batch fits in 4 GiB"),
+        len: u32::try_from(end - start).expect("test batch fits in 4 GiB"),
+    }
+}
+
+/// Resolves the outcome against the inputs, checking every span as the host
+/// must.
+fn decode(messages: &[TestMessage], outcome: &Outcome) -> Run {
+    let part = |span: Span| -> &[u8] {
+        let start = span.offset as usize;
+        outcome
+            .data
+            .get(start..start + span.len as usize)
+            .unwrap_or_else(|| panic!("SDK bug: output span {span:?} outside the outcome data"))
+    };
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).expect("SDK bug: non-UTF-8 text");
+    let outputs = outcome
+        .emitted
+        .iter()
+        .map(|e| {
+            let input = e.input as usize;
+            let msg = messages.get(input).unwrap_or_else(|| {
+                panic!("SDK bug: output for input {input} of {}", messages.len())
+            });
+            TestOutput {
+                input,
+                topic: e.topic.map_or_else(|| msg.topic.clone(), |s| text(part(s))),
+                payload: e
+                    .payload
+                    .map_or_else(|| msg.payload.clone(), |s| part(s).to_vec()),
+                fields: e.fields.map_or_else(
+                    || msg.fields.clone(),
+                    |s| {
+                        Fields::new(part(s))
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .collect()
+                    },
+                ),
+                timestamp_ms: e.timestamp_ms.unwrap_or(msg.timestamp_ms),
+                changed: Changed {
+                    topic: e.topic.is_some(),
+                    payload: e.payload.is_some(),
+                    fields: e.fields.is_some(),
+                    timestamp: e.timestamp_ms.is_some(),
+                },
+            }
+        })
+        .collect();
+    let failures = outcome
+        .failures
+        .iter()
+        .map(|f| TestFailure {
+            input: f.input as usize,
+            message: f.message.clone(),
+        })
+        .collect();
+    Run {
+        outputs,
+        failures,
+        logs: Vec::new(),
+    }
+}
