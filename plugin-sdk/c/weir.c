@@ -202,42 +202,68 @@ bool exports_weir_plugin_transform_init(transformer_string_t *config, transforme
     return initialised;
 }
 
-/* A span of the batch's data as a view; false when it lies outside. */
-static bool view(const weir_plugin_types_batch_t *batch, weir_plugin_types_span_t span,
-                 weir_bytes *out) {
-    if (span.offset > batch->data.len || span.len > batch->data.len - span.offset) return false;
-    out->ptr = (const char *)batch->data.ptr + span.offset;
-    out->len = span.len;
+/* The flat batch layout (see wit/plugin.wit, records `batch` and `outcome`):
+ * ten u32 words per input message in `events`, ten per output in `emitted`.
+ * Input words: topic, payload, fields as (offset, length) pairs into `data`,
+ * then the timestamp as (low, high), the QoS and a reserved word. Output
+ * words: the input index, the flags of the new parts (none for a
+ * passthrough, whose other words are then 0), then the new parts. */
+#define EVENT_WORDS 10
+#define OUTPUT_WORDS 10
+enum { W_TOPIC = 0, W_PAYLOAD = 2, W_FIELDS = 4, W_TIMESTAMP = 6, W_QOS = 8 };
+
+/* The (offset, length) pair of words at `w` as a view of the batch's data;
+ * false when it lies outside. */
+static bool view(const weir_plugin_types_batch_t *batch, const uint32_t *w, weir_bytes *out) {
+    uint32_t offset = w[0], len = w[1];
+    if (offset > batch->data.len || len > batch->data.len - offset) return false;
+    out->ptr = (const char *)batch->data.ptr + offset;
+    out->len = len;
     return true;
 }
 
 void exports_weir_plugin_transform_process(weir_plugin_types_batch_t *batch,
                                            weir_plugin_types_outcome_t *ret) {
-    size_t n = batch->events.len, failure_cap = 0;
+    size_t words = batch->events.len, failure_cap = 0;
+    /* A torn trailing descriptor means the host and the kit disagree on
+     * the layout: every message fails, the torn one counted. */
+    bool torn = words % EVENT_WORDS != 0;
+    size_t n = words / EVENT_WORDS + torn;
     memset(ret, 0, sizeof *ret);
-    if (n > 0 && !(ret->emitted.ptr = malloc(n * sizeof *ret->emitted.ptr))) abort();
+    if (n > 0 && !(ret->emitted.ptr = malloc(n * OUTPUT_WORDS * sizeof *ret->emitted.ptr)))
+        abort();
 
     for (size_t i = 0; i < n; i++) {
-        const weir_plugin_types_event_t *ev = &batch->events.ptr[i];
-        weir_message msg = {{NULL, 0}, {NULL, 0}, {NULL, 0}, ev->timestamp_ms, ev->qos};
+        const uint32_t *w = batch->events.ptr + i * EVENT_WORDS;
+        weir_message msg = {{NULL, 0}, {NULL, 0}, {NULL, 0}, 0, 0};
         weir_string error = {NULL, 0};
         weir_status status;
         bool keep = false;
         if (!initialised)
             status = weir_error(&error, "plugin is not initialised", NULL);
-        else if (!view(batch, ev->topic, &msg.topic) || !view(batch, ev->payload, &msg.payload) ||
-                 !view(batch, ev->fields, &msg.fields))
+        else if (torn)
+            status = weir_error(&error, "host bug: the batch's event words are not a multiple of 10",
+                                NULL);
+        else if (!view(batch, w + W_TOPIC, &msg.topic) || !view(batch, w + W_PAYLOAD, &msg.payload) ||
+                 !view(batch, w + W_FIELDS, &msg.fields))
             status = weir_error(&error, "message spans lie outside the batch data", NULL);
-        else
+        else if (w[W_QOS] > 0xFF)
+            status = weir_error(&error, "host bug: the message's QoS word is more than a byte", NULL);
+        else {
+            /* Two's complement, as every target of this kit has. */
+            msg.timestamp_ms = (int64_t)((uint64_t)w[W_TIMESTAMP + 1] << 32 | w[W_TIMESTAMP]);
+            msg.qos = (uint8_t)w[W_QOS];
             status = weir_filter(&msg, &keep, &error);
+        }
 
         if (status == WEIR_OK) {
             free(error.ptr);
-            /* All parts `none`: the host passes the input through as is. */
+            /* Flags 0, all parts the input's: the host passes it through. */
             if (keep) {
-                weir_plugin_types_emitted_t *out = &ret->emitted.ptr[ret->emitted.len++];
-                memset(out, 0, sizeof *out);
-                out->input = (uint32_t)i;
+                uint32_t *out = ret->emitted.ptr + ret->emitted.len;
+                memset(out, 0, OUTPUT_WORDS * sizeof *out);
+                out[0] = (uint32_t)i;
+                ret->emitted.len += OUTPUT_WORDS;
             }
             continue;
         }

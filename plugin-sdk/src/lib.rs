@@ -63,7 +63,7 @@
 //! … whose errors name the path (`field "a.b" is missing`).
 //!
 //! An [`Output`] is a list of changes to the input (topic, payload, JSON
-//! payload, fields, timestamp); parts left alone are sent back as `none` and
+//! payload, fields, timestamp); parts left alone are sent back unflagged and
 //! the host reuses the input's bytes, so a passthrough copies nothing.
 //!
 //! # Errors and panics

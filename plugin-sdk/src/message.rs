@@ -11,7 +11,6 @@ use std::cell::OnceCell;
 
 use serde_json::Value;
 
-use crate::__bindings::weir::plugin::types::{Event, Span};
 use crate::json::lookup;
 use crate::{Error, Result};
 
@@ -30,16 +29,37 @@ pub struct Message<'a> {
     json: OnceCell<std::result::Result<Value, String>>,
 }
 
+/// Words per input message in a batch's `events` (see `wit/plugin.wit`,
+/// record `batch`).
+pub(crate) const EVENT_WORDS: usize = 10;
+
+/// Word indices of an input descriptor: each part is an `(offset, length)`
+/// pair of words, the timestamp a `(low, high)` pair.
+pub(crate) mod word {
+    pub(crate) const TOPIC: usize = 0;
+    pub(crate) const PAYLOAD: usize = 2;
+    pub(crate) const FIELDS: usize = 4;
+    pub(crate) const TIMESTAMP: usize = 6;
+    pub(crate) const QOS: usize = 8;
+}
+
 impl<'a> Message<'a> {
-    /// Borrows an event's parts out of the batch buffer. An out-of-range
-    /// span is a host bug; it fails this message only.
-    pub(crate) fn from_event(event: &Event, data: &'a [u8]) -> std::result::Result<Self, String> {
+    /// Borrows one input's parts out of the batch buffer, decoding its ten
+    /// descriptor words. An out-of-range span (or a QoS that is not a byte)
+    /// is a host bug; it fails this message only.
+    pub(crate) fn from_words(
+        words: &[u32; EVENT_WORDS],
+        data: &'a [u8],
+    ) -> std::result::Result<Self, String> {
+        let qos = words[word::QOS];
         Ok(Self {
-            topic: slice(data, event.topic, "topic")?,
-            payload: slice(data, event.payload, "payload")?,
-            fields: slice(data, event.fields, "fields")?,
-            timestamp_ms: event.timestamp_ms,
-            qos: event.qos,
+            topic: slice(data, words, word::TOPIC, "topic")?,
+            payload: slice(data, words, word::PAYLOAD, "payload")?,
+            fields: slice(data, words, word::FIELDS, "fields")?,
+            timestamp_ms: join_i64(words[word::TIMESTAMP], words[word::TIMESTAMP + 1]),
+            qos: u8::try_from(qos).map_err(|_| {
+                format!("host bug: the message's QoS word is {qos}, more than a byte")
+            })?,
             json: OnceCell::new(),
         })
     }
@@ -176,19 +196,38 @@ impl std::fmt::Debug for Message<'_> {
     }
 }
 
-fn slice<'a>(data: &'a [u8], span: Span, part: &str) -> std::result::Result<&'a [u8], String> {
-    let start = span.offset as usize;
+/// The part whose `(offset, length)` words start at `at`.
+fn slice<'a>(
+    data: &'a [u8],
+    words: &[u32; EVENT_WORDS],
+    at: usize,
+    part: &str,
+) -> std::result::Result<&'a [u8], String> {
+    let (offset, len) = (words[at], words[at + 1]);
+    let start = offset as usize;
     start
-        .checked_add(span.len as usize)
+        .checked_add(len as usize)
         .and_then(|end| data.get(start..end))
         .ok_or_else(|| {
             format!(
-                "host bug: the {part} span (offset {}, length {}) lies outside the batch data ({} bytes)",
-                span.offset,
-                span.len,
+                "host bug: the {part} span (offset {offset}, length {len}) lies outside the batch data ({} bytes)",
                 data.len()
             )
         })
+}
+
+/// An s64 from its low and high words.
+pub(crate) fn join_i64(low: u32, high: u32) -> i64 {
+    // Reinterprets the two's-complement bits: the cast is the decoding.
+    ((u64::from(high) << 32) | u64::from(low)) as i64
+}
+
+/// An s64 as its low and high words.
+pub(crate) fn split_i64(value: i64) -> (u32, u32) {
+    // Reinterprets the bits, then keeps each half: the casts are the
+    // encoding.
+    let bits = value as u64;
+    (bits as u32, (bits >> 32) as u32)
 }
 
 /// The fields of a message, decoded one entry at a time.
@@ -252,19 +291,27 @@ mod tests {
 
     use super::*;
 
+    type Span = (u32, u32);
+
     fn span(offset: u32, len: u32) -> Span {
-        Span { offset, len }
+        (offset, len)
+    }
+
+    fn words(topic: Span, payload: Span, fields: Span) -> [u32; EVENT_WORDS] {
+        let mut words = [0; EVENT_WORDS];
+        for (at, (offset, len)) in [
+            (word::TOPIC, topic),
+            (word::PAYLOAD, payload),
+            (word::FIELDS, fields),
+        ] {
+            words[at] = offset;
+            words[at + 1] = len;
+        }
+        words
     }
 
     fn message(data: &[u8], payload: Span, fields: Span) -> Message<'_> {
-        let event = Event {
-            topic: span(0, 0),
-            payload,
-            fields,
-            timestamp_ms: 0,
-            qos: 0,
-        };
-        Message::from_event(&event, data).unwrap()
+        Message::from_words(&words(span(0, 0), payload, fields), data).unwrap()
     }
 
     #[test]
@@ -325,14 +372,40 @@ mod tests {
 
     #[test]
     fn a_span_outside_the_batch_is_reported_not_sliced() {
-        let event = Event {
-            topic: span(4, 10),
-            payload: span(0, 0),
-            fields: span(0, 0),
-            timestamp_ms: 0,
-            qos: 0,
-        };
-        let err = Message::from_event(&event, b"abc").unwrap_err();
+        let err =
+            Message::from_words(&words(span(4, 10), span(0, 0), span(0, 0)), b"abc").unwrap_err();
         assert!(err.contains("topic span (offset 4, length 10)"), "{err}");
+        // An offset near u32::MAX must not wrap around to a valid range.
+        let err = Message::from_words(&words(span(0, 0), span(u32::MAX, 2), span(0, 0)), b"abc")
+            .unwrap_err();
+        assert!(err.contains("payload span"), "{err}");
+        let err =
+            Message::from_words(&words(span(0, 0), span(0, 0), span(3, 1)), b"abc").unwrap_err();
+        assert!(err.contains("fields span (offset 3, length 1)"), "{err}");
+    }
+
+    #[test]
+    fn the_descriptor_words_decode_timestamp_qos_and_parts() {
+        let data = b"topicbody";
+        let mut w = words(span(0, 5), span(5, 4), span(9, 0));
+        let (low, high) = split_i64(-1_700_000_000_123);
+        w[word::TIMESTAMP] = low;
+        w[word::TIMESTAMP + 1] = high;
+        w[word::QOS] = 2;
+        let msg = Message::from_words(&w, data).unwrap();
+        assert_eq!(msg.topic(), "topic");
+        assert_eq!(msg.payload(), b"body");
+        assert_eq!(msg.fields().count(), 0);
+        assert_eq!(msg.timestamp_ms(), -1_700_000_000_123);
+        assert_eq!(msg.qos(), 2);
+        for ts in [0, 1, -1, i64::MIN, i64::MAX, 1_700_000_000_000] {
+            let (low, high) = split_i64(ts);
+            assert_eq!(join_i64(low, high), ts);
+        }
+        assert_eq!(split_i64(1 << 32 | 5), (5, 1));
+
+        w[word::QOS] = 256;
+        let err = Message::from_words(&w, data).unwrap_err();
+        assert!(err.contains("QoS word is 256"), "{err}");
     }
 }

@@ -2,16 +2,39 @@
 //! of changes to its input, and [`Emitter`] writes outputs into the batch's
 //! outcome.
 //!
-//! Every part an output leaves alone goes back to the host as `none`, so the
-//! host reuses the input's bytes: passing a message through writes one
-//! small fixed-size descriptor and copies nothing. Changed parts are appended to the
-//! outcome's single `data` buffer.
+//! Each output is ten `u32` words of the outcome's `emitted` list (see
+//! `wit/plugin.wit`, record `outcome`). Every part an output leaves alone
+//! has its flag clear, so the host reuses the input's bytes: passing a
+//! message through writes one small fixed-size descriptor and copies
+//! nothing. Changed parts are appended to the outcome's single `data`
+//! buffer.
 
 use serde_json::Value;
 
-use crate::__bindings::weir::plugin::types::{Emitted, Span};
 use crate::Kind;
-use crate::message::{Fields, encode_field};
+use crate::message::{Fields, encode_field, split_i64};
+
+/// Words per output message in an outcome's `emitted`.
+pub(crate) const OUTPUT_WORDS: usize = 10;
+
+/// Word indices of an output descriptor: each new part is an `(offset,
+/// length)` pair of words, the new timestamp a `(low, high)` pair.
+pub(crate) mod word {
+    pub(crate) const INPUT: usize = 0;
+    pub(crate) const FLAGS: usize = 1;
+    pub(crate) const TOPIC: usize = 2;
+    pub(crate) const PAYLOAD: usize = 4;
+    pub(crate) const FIELDS: usize = 6;
+    pub(crate) const TIMESTAMP: usize = 8;
+}
+
+/// Bits of the flags word: which parts are new.
+pub(crate) mod flag {
+    pub(crate) const TOPIC: u32 = 1 << 0;
+    pub(crate) const PAYLOAD: u32 = 1 << 1;
+    pub(crate) const FIELDS: u32 = 1 << 2;
+    pub(crate) const TIMESTAMP: u32 = 1 << 3;
+}
 
 /// One output message, described by how it differs from its input.
 ///
@@ -37,7 +60,7 @@ pub struct Output {
 /// How an output's field set relates to its input's.
 #[derive(Clone, Debug, Default, PartialEq)]
 enum FieldEdit {
-    /// The input's fields, unchanged (sent as `none`).
+    /// The input's fields, unchanged (sent with the flag clear).
     #[default]
     Keep,
     /// The input's fields with these set (`Some`) or removed (`None`).
@@ -133,7 +156,8 @@ impl Output {
 /// times. If `process` then fails, the outputs it emitted for that message
 /// are withdrawn: a failed message has no outputs.
 pub struct Emitter<'a> {
-    emitted: Vec<Emitted>,
+    /// `OUTPUT_WORDS` words per output.
+    emitted: Vec<u32>,
     data: Vec<u8>,
     input: u32,
     input_fields: &'a [u8],
@@ -142,6 +166,7 @@ pub struct Emitter<'a> {
 /// Where the outputs of the current message begin, for withdrawing them.
 #[derive(Clone, Copy)]
 pub(crate) struct Mark {
+    /// Length of `emitted`, in words.
     emitted: usize,
     data: usize,
 }
@@ -149,7 +174,7 @@ pub(crate) struct Mark {
 impl<'a> Emitter<'a> {
     pub(crate) fn with_capacity(outputs: usize) -> Self {
         Self {
-            emitted: Vec::with_capacity(outputs),
+            emitted: Vec::with_capacity(outputs.saturating_mul(OUTPUT_WORDS)),
             // Stays unallocated for a batch of pure passthroughs.
             data: Vec::new(),
             input: 0,
@@ -159,19 +184,27 @@ impl<'a> Emitter<'a> {
 
     /// Sends the input message on unchanged; copies nothing.
     pub fn pass(&mut self) {
-        self.emitted.push(Emitted {
-            input: self.input,
-            topic: None,
-            payload: None,
-            fields: None,
-            timestamp_ms: None,
-        });
+        // Flags 0: every part is the input's.
+        let mut words = [0; OUTPUT_WORDS];
+        words[word::INPUT] = self.input;
+        self.emitted.extend_from_slice(&words);
     }
 
     /// Sends one output message.
     pub fn emit(&mut self, output: Output) {
-        let topic = output.topic.map(|t| self.append(t.as_bytes()));
-        let payload = output.payload.map(|p| self.append(&p));
+        let mut words = [0; OUTPUT_WORDS];
+        words[word::INPUT] = self.input;
+        let mut flags = 0;
+        if let Some(topic) = output.topic {
+            flags |= flag::TOPIC;
+            let span = self.append(topic.as_bytes());
+            put(&mut words, word::TOPIC, span);
+        }
+        if let Some(payload) = output.payload {
+            flags |= flag::PAYLOAD;
+            let span = self.append(&payload);
+            put(&mut words, word::PAYLOAD, span);
+        }
         let fields = match output.fields {
             FieldEdit::Keep => None,
             FieldEdit::Replace(fields) => {
@@ -183,18 +216,21 @@ impl<'a> Emitter<'a> {
             }
             FieldEdit::Merge(edits) => Some(self.merge_fields(&edits)),
         };
-        self.emitted.push(Emitted {
-            input: self.input,
-            topic,
-            payload,
-            fields,
-            timestamp_ms: output.timestamp_ms,
-        });
+        if let Some(span) = fields {
+            flags |= flag::FIELDS;
+            put(&mut words, word::FIELDS, span);
+        }
+        if let Some(timestamp_ms) = output.timestamp_ms {
+            flags |= flag::TIMESTAMP;
+            put(&mut words, word::TIMESTAMP, split_i64(timestamp_ms));
+        }
+        words[word::FLAGS] = flags;
+        self.emitted.extend_from_slice(&words);
     }
 
     /// Writes the input's fields with `edits` applied: set keys keep their
     /// position, new keys go last, removed keys are skipped.
-    fn merge_fields(&mut self, edits: &[(String, Option<String>)]) -> Span {
+    fn merge_fields(&mut self, edits: &[(String, Option<String>)]) -> (u32, u32) {
         let start = self.data.len();
         for (key, value) in Fields::new(self.input_fields) {
             match edits.iter().find(|(k, _)| k == key) {
@@ -212,20 +248,18 @@ impl<'a> Emitter<'a> {
         self.span_from(start)
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Span {
+    fn append(&mut self, bytes: &[u8]) -> (u32, u32) {
         let start = self.data.len();
         self.data.extend_from_slice(bytes);
         self.span_from(start)
     }
 
-    fn span_from(&self, start: usize) -> Span {
+    /// `(offset, length)` of the data written since `start`.
+    fn span_from(&self, start: usize) -> (u32, u32) {
         // wasm32 memory is at most 4 GiB, so a guest buffer always fits.
         let offset = u32::try_from(start).expect("outcome data fits in 4 GiB");
         let end = u32::try_from(self.data.len()).expect("outcome data fits in 4 GiB");
-        Span {
-            offset,
-            len: end - offset,
-        }
+        (offset, end - offset)
     }
 
     /// Starts the outputs of input `input`.
@@ -249,41 +283,44 @@ impl<'a> Emitter<'a> {
     /// confusing the pipeline.
     pub(crate) fn check_kind(&self, kind: Kind, mark: Mark) -> Result<(), String> {
         let new = &self.emitted[mark.emitted..];
+        let count = new.len() / OUTPUT_WORDS;
         match kind {
-            Kind::Filter => match new {
-                [] => Ok(()),
-                [e] if is_passthrough(e) => Ok(()),
-                [_] => Err("plugin bug: a filter may only pass its input unchanged, \
-                            but it emitted a modified message"
+            Kind::Filter => match count {
+                0 => Ok(()),
+                // Flags 0: the input unchanged.
+                1 if new[word::FLAGS] == 0 => Ok(()),
+                1 => Err("plugin bug: a filter may only pass its input unchanged, \
+                          but it emitted a modified message"
                     .to_owned()),
                 _ => Err(format!(
                     "plugin bug: a filter emits at most one output per message, \
-                     but it emitted {}",
-                    new.len()
+                     but it emitted {count}"
                 )),
             },
-            Kind::Map if new.len() != 1 => Err(format!(
-                "plugin bug: a map emits exactly one output per message, but it emitted {}",
-                new.len()
+            Kind::Map if count != 1 => Err(format!(
+                "plugin bug: a map emits exactly one output per message, but it emitted {count}"
             )),
             Kind::Map | Kind::FlatMap => Ok(()),
         }
     }
 
-    pub(crate) fn finish(self) -> (Vec<Emitted>, Vec<u8>) {
+    /// The outcome's `emitted` words and `data`.
+    pub(crate) fn finish(self) -> (Vec<u32>, Vec<u8>) {
         (self.emitted, self.data)
     }
 }
 
-fn is_passthrough(e: &Emitted) -> bool {
-    e.topic.is_none() && e.payload.is_none() && e.fields.is_none() && e.timestamp_ms.is_none()
+/// Writes an `(offset, length)` or `(low, high)` pair at word `at`.
+fn put(words: &mut [u32; OUTPUT_WORDS], at: usize, (first, second): (u32, u32)) {
+    words[at] = first;
+    words[at + 1] = second;
 }
 
 impl std::fmt::Debug for Emitter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Emitter")
             .field("input", &self.input)
-            .field("emitted", &self.emitted.len())
+            .field("emitted", &(self.emitted.len() / OUTPUT_WORDS))
             .field("data_bytes", &self.data.len())
             .finish()
     }

@@ -3,7 +3,7 @@
 //!
 //! `process_batch` is the one batch loop: the wasm export and
 //! [`testing::Harness`](crate::testing::Harness) both run it, so native tests
-//! exercise the same span decoding and outcome encoding the host sees. It
+//! exercise the same word decoding and outcome encoding the host sees. It
 //! must not allocate per message on the passthrough path, and it never
 //! catches panics (wasm32 aborts; the host isolates the message).
 
@@ -12,17 +12,30 @@ use std::cell::RefCell;
 
 use crate::__bindings::exports::weir::plugin::transform::PluginMetadata;
 use crate::__bindings::weir::plugin::types::{Batch, ConfigKey, Failure, Outcome, PluginKind};
+use crate::message::EVENT_WORDS;
 use crate::{Emitter, Kind, Message, Transform, config};
 
-/// Runs every event of `batch` through `plugin`.
+/// Runs every message of `batch` through `plugin`.
 pub(crate) fn process_batch<T: Transform>(plugin: &mut T, batch: &Batch) -> Outcome {
-    let mut out = Emitter::with_capacity(batch.events.len());
+    let (events, rest) = batch.events.as_chunks::<EVENT_WORDS>();
+    if !rest.is_empty() {
+        // A torn descriptor means the host and the SDK disagree on the
+        // layout: trust no message of the batch.
+        return fail_all(
+            batch,
+            &format!(
+                "host bug: the batch has {} event words, not a multiple of {EVENT_WORDS}",
+                batch.events.len()
+            ),
+        );
+    }
+    let mut out = Emitter::with_capacity(events.len());
     let mut failures = Vec::new();
-    for (index, event) in batch.events.iter().enumerate() {
-        // The host cannot send more than u32::MAX events: the index type of
-        // the contract says so.
+    for (index, words) in events.iter().enumerate() {
+        // The host cannot send more than u32::MAX messages: the index type
+        // of the contract says so.
         let input = u32::try_from(index).expect("batch index fits in u32");
-        let msg = match Message::from_event(event, &batch.data) {
+        let msg = match Message::from_words(words, &batch.data) {
             Ok(msg) => msg,
             Err(message) => {
                 failures.push(Failure { input, message });
@@ -102,8 +115,10 @@ pub fn process<T: Transform>(batch: Batch) -> Outcome {
     })
 }
 
+/// Fails every message of `batch`, counting a torn trailing descriptor as
+/// one, so that no input goes unanswered.
 fn fail_all(batch: &Batch, message: &str) -> Outcome {
-    let failures = (0..batch.events.len())
+    let failures = (0..batch.events.len().div_ceil(EVENT_WORDS))
         .map(|index| Failure {
             input: u32::try_from(index).expect("batch index fits in u32"),
             message: message.to_owned(),
@@ -113,5 +128,62 @@ fn fail_all(batch: &Batch, message: &str) -> Outcome {
         emitted: Vec::new(),
         data: Vec::new(),
         failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Result;
+    use crate::message::word;
+    use crate::output::OUTPUT_WORDS;
+
+    #[crate::filter]
+    fn keep(_msg: &Message) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn run(events: Vec<u32>, data: &[u8]) -> Outcome {
+        let mut plugin = config::init::<Plugin>("{}").unwrap();
+        let batch = Batch {
+            events,
+            data: data.to_vec(),
+        };
+        process_batch(&mut plugin, &batch)
+    }
+
+    fn inputs(outcome: &Outcome) -> Vec<u32> {
+        outcome.failures.iter().map(|f| f.input).collect()
+    }
+
+    #[test]
+    fn a_bad_span_fails_only_its_message() {
+        let mut events = vec![0; 3 * EVENT_WORDS];
+        // Message 1's payload runs one byte past the data.
+        events[EVENT_WORDS + word::PAYLOAD] = 2;
+        events[EVENT_WORDS + word::PAYLOAD + 1] = 2;
+        let outcome = run(events, b"abc");
+        assert_eq!(inputs(&outcome), [1]);
+        assert!(outcome.failures[0].message.contains("payload span"));
+        // Two passthroughs: input index, then flags and spans all 0.
+        let mut expected = vec![0; 2 * OUTPUT_WORDS];
+        expected[OUTPUT_WORDS] = 2;
+        assert_eq!(outcome.emitted, expected);
+        assert!(outcome.data.is_empty());
+    }
+
+    #[test]
+    fn a_torn_batch_fails_every_message() {
+        let outcome = run(vec![0; EVENT_WORDS + 3], b"");
+        assert_eq!(inputs(&outcome), [0, 1]);
+        assert!(outcome.emitted.is_empty());
+        assert!(
+            outcome.failures[0]
+                .message
+                .contains("13 event words, not a multiple of 10"),
+            "{}",
+            outcome.failures[0].message
+        );
+        assert!(run(Vec::new(), b"").failures.is_empty());
     }
 }

@@ -2,9 +2,10 @@
 //! wasm export runs.
 //!
 //! [`Harness::run`] encodes [`TestMessage`]s into the contract's flat batch
-//! (descriptors plus one shared buffer), calls the SDK's batch loop, and
-//! decodes the outcome the way the host does: parts left `none` are taken
-//! from the input. Only the wasm boundary itself is skipped.
+//! (ten descriptor words per message plus one shared buffer), calls the
+//! SDK's batch loop, and decodes the outcome the way the host does: parts
+//! whose flag is clear are taken from the input. Only the wasm boundary
+//! itself is skipped.
 //!
 //! ```
 //! use serde_json::json;
@@ -31,9 +32,10 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::__bindings::weir::plugin::types::{Batch, Event, Outcome, Span};
+use crate::__bindings::weir::plugin::types::{Batch, Outcome};
 use crate::log::Record;
-use crate::message::{Fields, encode_field};
+use crate::message::{self, EVENT_WORDS, Fields, encode_field, join_i64, split_i64};
+use crate::output::{OUTPUT_WORDS, flag, word};
 use crate::{Kind, Transform, config, log, runtime};
 
 /// One input message for a test run. Timestamp and QoS default to 0.
@@ -103,7 +105,8 @@ pub struct TestOutput {
     pub fields: Vec<(String, String)>,
     /// The timestamp (the input's, unless changed).
     pub timestamp_ms: i64,
-    /// Which parts the plugin sent as new values rather than `none`.
+    /// Which parts the plugin sent as new values (flag set) rather than
+    /// leaving them to the input.
     pub changed: Changed,
 }
 
@@ -121,7 +124,7 @@ pub struct Changed {
 }
 
 impl TestOutput {
-    /// True if every part was left `none`: the host reuses the input as is.
+    /// True if no part was sent as new: the host reuses the input as is.
     pub fn is_passthrough(&self) -> bool {
         self.changed == Changed::default()
     }
@@ -276,80 +279,53 @@ pub fn take_logs() -> Vec<Record> {
 
 fn encode(messages: &[TestMessage]) -> Batch {
     let mut data = Vec::new();
-    let mut events = Vec::with_capacity(messages.len());
+    let mut events = Vec::with_capacity(messages.len() * EVENT_WORDS);
     for m in messages {
-        let topic = append(&mut data, m.topic.as_bytes());
-        let payload = append(&mut data, &m.payload);
+        let mut words = [0; EVENT_WORDS];
+        let at = message::word::TOPIC;
+        (words[at], words[at + 1]) = append(&mut data, m.topic.as_bytes());
+        let at = message::word::PAYLOAD;
+        (words[at], words[at + 1]) = append(&mut data, &m.payload);
         let start = data.len();
         for (key, value) in &m.fields {
             encode_field(&mut data, key, value);
         }
-        events.push(Event {
-            topic,
-            payload,
-            fields: span(start, data.len()),
-            timestamp_ms: m.timestamp_ms,
-            qos: m.qos,
-        });
+        let at = message::word::FIELDS;
+        (words[at], words[at + 1]) = span(start, data.len());
+        let at = message::word::TIMESTAMP;
+        (words[at], words[at + 1]) = split_i64(m.timestamp_ms);
+        words[message::word::QOS] = u32::from(m.qos);
+        events.extend_from_slice(&words);
     }
     Batch { events, data }
 }
 
-fn append(data: &mut Vec<u8>, bytes: &[u8]) -> Span {
+fn append(data: &mut Vec<u8>, bytes: &[u8]) -> (u32, u32) {
     let start = data.len();
     data.extend_from_slice(bytes);
     span(start, data.len())
 }
 
-fn span(start: usize, end: usize) -> Span {
-    Span {
-        offset: u32::try_from(start).expect("test batch fits in 4 GiB"),
-        len: u32::try_from(end - start).expect("test batch fits in 4 GiB"),
-    }
+/// `(offset, length)` of `start..end`.
+fn span(start: usize, end: usize) -> (u32, u32) {
+    (
+        u32::try_from(start).expect("test batch fits in 4 GiB"),
+        u32::try_from(end - start).expect("test batch fits in 4 GiB"),
+    )
 }
 
-/// Resolves the outcome against the inputs, checking every span as the host
-/// must.
+/// Resolves the outcome against the inputs, checking every word and span as
+/// the host must.
 fn decode(messages: &[TestMessage], outcome: &Outcome) -> Run {
-    let part = |span: Span| -> &[u8] {
-        let start = span.offset as usize;
-        outcome
-            .data
-            .get(start..start + span.len as usize)
-            .unwrap_or_else(|| panic!("SDK bug: output span {span:?} outside the outcome data"))
-    };
-    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).expect("SDK bug: non-UTF-8 text");
-    let outputs = outcome
-        .emitted
+    let (emitted, rest) = outcome.emitted.as_chunks::<OUTPUT_WORDS>();
+    assert!(
+        rest.is_empty(),
+        "SDK bug: {} emitted words, not a multiple of {OUTPUT_WORDS}",
+        outcome.emitted.len()
+    );
+    let outputs = emitted
         .iter()
-        .map(|e| {
-            let input = e.input as usize;
-            let msg = messages.get(input).unwrap_or_else(|| {
-                panic!("SDK bug: output for input {input} of {}", messages.len())
-            });
-            TestOutput {
-                input,
-                topic: e.topic.map_or_else(|| msg.topic.clone(), |s| text(part(s))),
-                payload: e
-                    .payload
-                    .map_or_else(|| msg.payload.clone(), |s| part(s).to_vec()),
-                fields: e.fields.map_or_else(
-                    || msg.fields.clone(),
-                    |s| {
-                        Fields::new(part(s))
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .collect()
-                    },
-                ),
-                timestamp_ms: e.timestamp_ms.unwrap_or(msg.timestamp_ms),
-                changed: Changed {
-                    topic: e.topic.is_some(),
-                    payload: e.payload.is_some(),
-                    fields: e.fields.is_some(),
-                    timestamp: e.timestamp_ms.is_some(),
-                },
-            }
-        })
+        .map(|words| decode_output(messages, &outcome.data, words))
         .collect();
     let failures = outcome
         .failures
@@ -363,5 +339,65 @@ fn decode(messages: &[TestMessage], outcome: &Outcome) -> Run {
         outputs,
         failures,
         logs: Vec::new(),
+    }
+}
+
+/// One output's ten words, resolved against its input.
+fn decode_output(messages: &[TestMessage], data: &[u8], words: &[u32; OUTPUT_WORDS]) -> TestOutput {
+    let input = words[word::INPUT] as usize;
+    let msg = messages
+        .get(input)
+        .unwrap_or_else(|| panic!("SDK bug: output for input {input} of {}", messages.len()));
+    let flags = words[word::FLAGS];
+    let defined = flag::TOPIC | flag::PAYLOAD | flag::FIELDS | flag::TIMESTAMP;
+    assert_eq!(
+        flags & !defined,
+        0,
+        "SDK bug: undefined flag bits in {words:?}"
+    );
+    // The words of a part whose flag is clear, or `None` after checking
+    // they are 0 as the contract requires.
+    let pair = |bit: u32, at: usize| -> Option<(u32, u32)> {
+        let pair = (words[at], words[at + 1]);
+        if flags & bit == 0 {
+            assert_eq!(pair, (0, 0), "SDK bug: words of a kept part in {words:?}");
+            None
+        } else {
+            Some(pair)
+        }
+    };
+    let part = |(offset, len): (u32, u32)| -> &[u8] {
+        let start = offset as usize;
+        start
+            .checked_add(len as usize)
+            .and_then(|end| data.get(start..end))
+            .unwrap_or_else(|| {
+                panic!("SDK bug: output span ({offset}, {len}) outside the outcome data")
+            })
+    };
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).expect("SDK bug: non-UTF-8 text");
+    let topic = pair(flag::TOPIC, word::TOPIC);
+    let payload = pair(flag::PAYLOAD, word::PAYLOAD);
+    let fields = pair(flag::FIELDS, word::FIELDS);
+    let timestamp = pair(flag::TIMESTAMP, word::TIMESTAMP);
+    TestOutput {
+        input,
+        topic: topic.map_or_else(|| msg.topic.clone(), |s| text(part(s))),
+        payload: payload.map_or_else(|| msg.payload.clone(), |s| part(s).to_vec()),
+        fields: fields.map_or_else(
+            || msg.fields.clone(),
+            |s| {
+                Fields::new(part(s))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            },
+        ),
+        timestamp_ms: timestamp.map_or(msg.timestamp_ms, |(low, high)| join_i64(low, high)),
+        changed: Changed {
+            topic: topic.is_some(),
+            payload: payload.is_some(),
+            fields: fields.is_some(),
+            timestamp: timestamp.is_some(),
+        },
     }
 }

@@ -1,4 +1,4 @@
-//! Benchmark guest for `host/benches/boundary.rs`: receives batches in three
+//! Benchmark guest for `host/benches/boundary.rs`: receives batches in four
 //! layouts and touches every record, so the benchmark measures the cost of
 //! the crossing itself. Not a weir plugin (it exports another world).
 
@@ -7,7 +7,7 @@ wit_bindgen::generate!({
     world: "layout-probe",
 });
 
-use exports::weir_bench::layout::probe::{FlatBatch, Guest, NestedEvent};
+use exports::weir_bench::layout::probe::{FlatBatch, Guest, NestedEvent, WordBatch};
 
 struct Probe;
 
@@ -22,6 +22,10 @@ impl Guest for Probe {
 
     fn flat(batch: FlatBatch) -> u32 {
         batch.events.iter().map(|e| e.payload.len).sum()
+    }
+
+    fn words(batch: WordBatch) -> u32 {
+        batch.events.chunks_exact(10).map(|e| e[3]).sum()
     }
 }
 
