@@ -1,27 +1,59 @@
 //! What it costs to hand records to a plugin.
 //!
 //! - `noop/N`: a batch of N messages through the real contract and the real
-//!   engine to a plugin that passes every message on, and back (encode,
-//!   call, decode, build outputs). Divide by N for the per-record cost.
+//!   engine to a plugin that passes every message on, and back:
+//!   `Instance::process(&[Message])` encodes the batch, calls the guest (the
+//!   SDK's batch loop in wasm), decodes the outcome and builds the outputs,
+//!   each a clone of its input; the timed loop also drops the outputs.
+//!   Divide by N for the per-record cost.
+//! - `noop-owned/N`: the same through `Instance::process_owned(Vec<Message>)`,
+//!   as the pipeline hands over a batch it no longer needs: each input moves
+//!   into its output. Cloning the batch beforehand and dropping the outcome
+//!   afterwards (the messages' own life, not the boundary's) are not timed;
+//!   each call is timed alone (`BatchSize::PerIteration`, so allocations
+//!   recycle as in a running pipeline; the timer adds ~50 ns per call).
 //! - `layout/*`: the same 256 messages handed to a guest four ways, one way
 //!   only — one call per record, one call with a `list` of records holding
 //!   nested strings, one call with a `list` of fixed-size records plus a
 //!   shared buffer, and one call with fixed-size descriptors as `u32` words
 //!   plus a shared buffer (the contract's layout). This is the measurement
 //!   behind the contract's batch layout (wit/README.md).
-//! - `threshold/*`: the `threshold` plugin in wasm against the same plugin
-//!   crate compiled natively and run through the SDK's native harness (same
-//!   batch code path, no wasm), over the same 256 messages.
+//! - `threshold/*`, over the same 256 messages (`temp > 30` keeps half):
+//!   - `wasm`: the `threshold` plugin component through
+//!     `Instance::process`, as `noop/256` but with the plugin's work;
+//!   - `wasm-owned`: the same through `Instance::process_owned`, timed as
+//!     `noop-owned`;
+//!   - `native`: the same `plugins/threshold` source compiled into this
+//!     bench, initialised with the same config and run through the SDK's
+//!     own `init` and `process` entry points (`weir_sdk::runtime::Native`):
+//!     the same batch loop, descriptor decoding, JSON path reading and
+//!     outcome encoding as in wasm, over the same messages encoded once
+//!     into the contract's batch layout before timing. Nothing else: no
+//!     wasm, no host encoding, no copy across the boundary, no host
+//!     outputs.
+//!
+//!   So `wasm / native` is what running the plugin in wasm behind the
+//!   boundary costs over running the plugin's own code natively.
 //!
 //! After criterion's own report, a summary prints per-record costs and the
-//! wasm/native ratio from this run's estimates.
+//! wasm/native ratios from this run's estimates.
 
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use weir::Message;
 use weir::engine::{Limits, Runtime, RuntimeOptions};
+
+/// The threshold plugin's own source, compiled natively for `threshold/native`
+/// (its crate is a `cdylib` only, so it cannot be a dependency).
+#[path = "../../plugins/threshold/src/lib.rs"]
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "benches build with cfg(test), so the plugin's tests come along, unrun"
+)]
+mod threshold;
 
 const BATCH_SIZES: [usize; 4] = [1, 16, 256, 1024];
 const LAYOUT_BATCH: usize = 256;
@@ -50,6 +82,37 @@ fn runtime() -> Runtime {
     Runtime::new(RuntimeOptions { cache_dir: None }).unwrap()
 }
 
+/// Writes messages in the contract's batch layout, 10 descriptor words
+/// each plus one shared buffer (`wit/plugin.wit`, record `batch`), into
+/// `events` and `data` (cleared first).
+fn encode_words(messages: &[Message], events: &mut Vec<u32>, data: &mut Vec<u8>) {
+    events.clear();
+    data.clear();
+    for m in messages {
+        let mut push = |bytes: &[u8]| {
+            let at = data.len() as u32;
+            data.extend_from_slice(bytes);
+            [at, bytes.len() as u32]
+        };
+        let [t0, t1] = push(m.topic.as_bytes());
+        let [p0, p1] = push(&m.payload);
+        let [f0, f1] = push(m.fields.encoded());
+        let ts = m.timestamp_ms as u64;
+        events.extend_from_slice(&[
+            t0,
+            t1,
+            p0,
+            p1,
+            f0,
+            f1,
+            ts as u32,
+            (ts >> 32) as u32,
+            u32::from(m.qos),
+            0,
+        ]);
+    }
+}
+
 fn bench_noop(c: &mut Criterion, rt: &Runtime) {
     let plugin = rt.load(Path::new(weir_test_artifacts::NOOP)).unwrap();
     let mut instance = plugin
@@ -65,6 +128,23 @@ fn bench_noop(c: &mut Criterion, rt: &Runtime) {
                 assert_eq!(out.outputs.len(), batch.len());
                 out
             })
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("noop-owned");
+    for n in BATCH_SIZES {
+        let batch = messages(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &batch, |b, batch| {
+            b.iter_batched(
+                || batch.clone(),
+                |batch| {
+                    let out = instance.process_owned(batch);
+                    assert_eq!(out.outputs.len(), n);
+                    out
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     group.finish();
@@ -184,31 +264,7 @@ fn bench_layouts(c: &mut Criterion, rt: &Runtime) {
     };
     group.bench_function("words", |b| {
         b.iter(|| {
-            words.events.clear();
-            words.data.clear();
-            for m in &source {
-                let mut push = |bytes: &[u8]| {
-                    let at = words.data.len() as u32;
-                    words.data.extend_from_slice(bytes);
-                    [at, bytes.len() as u32]
-                };
-                let [t0, t1] = push(m.topic.as_bytes());
-                let [p0, p1] = push(&m.payload);
-                let [f0, f1] = push(m.fields.encoded());
-                let ts = m.timestamp_ms as u64;
-                words.events.extend_from_slice(&[
-                    t0,
-                    t1,
-                    p0,
-                    p1,
-                    f0,
-                    f1,
-                    ts as u32,
-                    (ts >> 32) as u32,
-                    u32::from(m.qos),
-                    0,
-                ]);
-            }
+            encode_words(&source, &mut words.events, &mut words.data);
             assert_eq!(probe.call_words(&mut store, &words).unwrap(), expected);
         })
     });
@@ -221,31 +277,48 @@ fn bench_threshold(c: &mut Criterion, rt: &Runtime) {
         unreachable!()
     };
     let plugin = rt.load(Path::new(weir_test_artifacts::THRESHOLD)).unwrap();
-    let mut instance = plugin.instantiate("threshold", &config, Limits::default()).unwrap();
+    let mut instance = plugin
+        .instantiate("threshold", &config, Limits::default())
+        .unwrap();
     let batch = messages(LAYOUT_BATCH);
     let kept = instance.process(&batch).outputs.len();
     assert!(kept > 0 && kept < batch.len());
 
+    let native = threshold::__weir_native();
+    native
+        .init(&serde_json::Value::Object(config).to_string())
+        .unwrap();
+    let mut words = weir_sdk::__bindings::weir::plugin::types::Batch {
+        events: Vec::new(),
+        data: Vec::new(),
+    };
+    encode_words(&batch, &mut words.events, &mut words.data);
+    assert_eq!(native.process(&words).emitted.len(), kept * 10);
+
     let mut group = c.benchmark_group("threshold");
     group.throughput(Throughput::Elements(LAYOUT_BATCH as u64));
     group.bench_function("wasm", |b| {
-        b.iter(|| assert_eq!(instance.process(&batch).outputs.len(), kept))
+        b.iter(|| {
+            let out = instance.process(&batch);
+            assert_eq!(out.outputs.len(), kept);
+            out
+        })
     });
-    // The same logic compiled natively: parse the payload, find the field by
-    // the SDK's own dotted-path lookup, compare, keep the message.
+    group.bench_function("wasm-owned", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |batch| {
+                let out = instance.process_owned(batch);
+                assert_eq!(out.outputs.len(), kept);
+                out
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.bench_function("native", |b| {
         b.iter(|| {
-            let mut out = Vec::with_capacity(batch.len());
-            for (i, m) in batch.iter().enumerate() {
-                let json: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-                let temp = weir_sdk::json::lookup(&json, "temp")
-                    .and_then(serde_json::Value::as_f64)
-                    .unwrap();
-                if temp > 30.0 {
-                    out.push((i, m.clone()));
-                }
-            }
-            assert_eq!(out.len(), kept);
+            let out = native.process(&words);
+            assert_eq!(out.emitted.len(), kept * 10);
             out
         })
     });
@@ -283,31 +356,45 @@ mod summary {
     pub(super) fn print() {
         println!("\nsummary (mean of this run)");
         for n in super::BATCH_SIZES {
-            if let Some(ns) = estimate_ns(&format!("noop/{n}")) {
-                println!("  noop batch {n:>5}: {:>8.1} ns/record", ns / n as f64);
+            let per = |id: &str| estimate_ns(&format!("{id}/{n}")).map(|ns| ns / n as f64);
+            if let Some(borrowed) = per("noop") {
+                print!("  noop batch {n:>5}: {borrowed:>8.1} ns/record");
+                match per("noop-owned") {
+                    Some(owned) => println!(", owned {owned:>8.1} ns/record"),
+                    None => println!(),
+                }
             }
         }
         let per = |id: &str| estimate_ns(id).map(|ns| ns / super::LAYOUT_BATCH as f64);
-        if let (Some(a), Some(b), Some(f)) = (
+        if let (Some(a), Some(b), Some(f), Some(w)) = (
             per("layout/per-record"),
             per("layout/nested-list"),
             per("layout/flat"),
+            per("layout/words"),
         ) {
             println!(
                 "  layout, {} records: per-record call {a:.1} ns/record, nested list {b:.1}, \
-                 flat {f:.1} (flat is {:.1}x cheaper than nested, {:.1}x than per-record)",
+                 flat {f:.1}, words {w:.1} (words is {:.1}x cheaper than nested, {:.1}x than \
+                 per-record)",
                 super::LAYOUT_BATCH,
-                b / f,
-                a / f
+                b / w,
+                a / w
             );
         }
-        if let (Some(w), Some(n)) = (per("threshold/wasm"), per("threshold/native")) {
-            println!(
-                "  threshold, {} records: wasm {w:.1} ns/record, native {n:.1} ns/record, \
-                 wasm/native {:.2}",
-                super::LAYOUT_BATCH,
-                w / n
-            );
+        if let Some(n) = per("threshold/native") {
+            for (label, id) in [
+                ("wasm", "threshold/wasm"),
+                ("wasm-owned", "threshold/wasm-owned"),
+            ] {
+                if let Some(w) = per(id) {
+                    println!(
+                        "  threshold, {} records: {label} {w:.1} ns/record, native {n:.1} \
+                         ns/record, {label}/native {:.2}",
+                        super::LAYOUT_BATCH,
+                        w / n
+                    );
+                }
+            }
         }
     }
 }

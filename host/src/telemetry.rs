@@ -43,3 +43,284 @@ pub fn component_loaded(path: &str, outcome: &'static str, millis: f64) {
     tracing::debug!(path, outcome, millis, "Loaded component.");
     counter!(PLUGIN_LOADS, "outcome" => outcome).increment(1);
 }
+
+/// Messages received from the broker. No labels.
+pub const SOURCE_MESSAGES: &str = "weir_source_messages_total";
+/// Payload bytes received from the broker. No labels.
+pub const SOURCE_BYTES: &str = "weir_source_bytes_total";
+/// Messages the source dropped. Labels: `reason`.
+pub const SOURCE_DROPPED: &str = "weir_source_dropped_total";
+/// Source errors. Labels: `kind`.
+pub const SOURCE_ERRORS: &str = "weir_source_errors_total";
+/// 1 while connected to the broker, else 0.
+pub const SOURCE_CONNECTED: &str = "weir_source_connected";
+/// Messages a rule took in. Labels: `rule`.
+pub const RULE_MESSAGES_IN: &str = "weir_rule_messages_in_total";
+/// Messages a rule handed to its sinks (per message, not per sink). Labels: `rule`.
+pub const RULE_MESSAGES_OUT: &str = "weir_rule_messages_out_total";
+/// Messages a rule could not process. Labels: `rule`, `kind`.
+pub const RULE_ERRORS: &str = "weir_rule_errors_total";
+/// Messages a rule dropped. Labels: `rule`, `reason`.
+pub const RULE_DROPPED: &str = "weir_rule_dropped_total";
+/// Time a rule takes for one batch, seconds. Labels: `rule`.
+pub const RULE_BATCH_SECONDS: &str = "weir_rule_batch_seconds";
+
+/// Counts a message received from the broker.
+pub fn source_received(bytes: usize) {
+    counter!(SOURCE_MESSAGES).increment(1);
+    counter!(SOURCE_BYTES).increment(bytes as u64);
+}
+
+/// Logs and counts a message the source dropped.
+pub fn source_dropped(reason: &'static str) {
+    tracing::warn!(reason, "Source dropped a QoS 0 message.");
+    counter!(SOURCE_DROPPED, "reason" => reason).increment(1);
+}
+
+/// Logs and counts a source error.
+pub fn source_error(kind: &'static str, message: &'static str) {
+    tracing::error!(kind, "{message}");
+    counter!(SOURCE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Records whether the source is connected.
+pub fn source_connected(connected: bool) {
+    metrics::gauge!(SOURCE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// Counts messages a rule took in.
+pub fn rule_received(rule: &str, n: usize) {
+    counter!(RULE_MESSAGES_IN, "rule" => rule.to_owned()).increment(n as u64);
+}
+
+/// Counts messages a rule handed to its sinks.
+pub fn rule_emitted(rule: &str, n: usize) {
+    counter!(RULE_MESSAGES_OUT, "rule" => rule.to_owned()).increment(n as u64);
+}
+
+/// Logs and counts a message a rule dropped.
+pub fn rule_dropped(rule: &str, reason: &'static str) {
+    tracing::warn!(rule, reason, "Rule dropped a QoS 0 message.");
+    counter!(RULE_DROPPED, "rule" => rule.to_owned(), "reason" => reason).increment(1);
+}
+
+/// Logs and counts a message a rule could not process.
+pub fn rule_error(rule: &str, topic: &str, kind: &'static str, step: Option<&str>, reason: &str) {
+    tracing::warn!(
+        rule,
+        topic,
+        kind,
+        step,
+        reason,
+        "Rule could not process a message."
+    );
+    counter!(RULE_ERRORS, "rule" => rule.to_owned(), "kind" => kind).increment(1);
+}
+
+/// Records how long a rule took for one batch.
+pub fn rule_latency(rule: &str, elapsed: std::time::Duration) {
+    metrics::histogram!(RULE_BATCH_SECONDS, "rule" => rule.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Messages handed to a sink. Labels: `sink`.
+pub const SINK_MESSAGES_IN: &str = "weir_sink_messages_in_total";
+/// Messages a sink wrote. Labels: `sink`.
+pub const SINK_MESSAGES_WRITTEN: &str = "weir_sink_messages_written_total";
+/// Messages a sink gave up on and handed to its dead-letter sink. Labels:
+/// `sink`, `reason`.
+pub const SINK_MESSAGES_DEAD_LETTERED: &str = "weir_sink_messages_dead_lettered_total";
+/// Messages a sink gave up on and dropped (no dead-letter sink). Labels:
+/// `sink`, `reason`.
+pub const SINK_MESSAGES_DROPPED: &str = "weir_sink_messages_dropped_total";
+/// Writes that succeeded (fully or partly). Labels: `sink`.
+pub const SINK_BATCHES: &str = "weir_sink_batches_total";
+/// Writes retried after a retryable failure. Labels: `sink`.
+pub const SINK_RETRIES: &str = "weir_sink_retries_total";
+/// Write and encode failures. Labels: `sink`, `class` = `retryable`,
+/// `permanent` or `encode`.
+pub const SINK_ERRORS: &str = "weir_sink_errors_total";
+/// Time one write took, seconds (failed writes included). Labels: `sink`.
+pub const SINK_WRITE_SECONDS: &str = "weir_sink_write_seconds";
+/// Bytes buffered by a sink's driver, waiting or in flight. Labels: `sink`.
+pub const SINK_BUFFERED_BYTES: &str = "weir_sink_buffered_bytes";
+/// Connections of a sink to its service that failed or were lost. Labels:
+/// `sink`.
+pub const SINK_CONNECTION_ERRORS: &str = "weir_sink_connection_errors_total";
+
+/// One sink's metric handles, resolved once, and the helpers that log and
+/// count its runtime events together.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    sink: std::sync::Arc<str>,
+    messages_in: metrics::Counter,
+    written: metrics::Counter,
+    batches: metrics::Counter,
+    retries: metrics::Counter,
+    write_seconds: metrics::Histogram,
+    buffered_bytes: metrics::Gauge,
+}
+
+impl SinkMetrics {
+    /// The handles of sink `sink`.
+    pub fn new(sink: &str) -> Self {
+        let label = sink.to_owned();
+        SinkMetrics {
+            sink: sink.into(),
+            messages_in: counter!(SINK_MESSAGES_IN, "sink" => label.clone()),
+            written: counter!(SINK_MESSAGES_WRITTEN, "sink" => label.clone()),
+            batches: counter!(SINK_BATCHES, "sink" => label.clone()),
+            retries: counter!(SINK_RETRIES, "sink" => label.clone()),
+            write_seconds: metrics::histogram!(SINK_WRITE_SECONDS, "sink" => label.clone()),
+            buffered_bytes: metrics::gauge!(SINK_BUFFERED_BYTES, "sink" => label),
+        }
+    }
+
+    /// Counts a message handed to the sink.
+    pub fn received(&self, bytes: usize) {
+        self.messages_in.increment(1);
+        self.buffered_bytes.increment(bytes as f64);
+    }
+
+    /// Counts bytes leaving the sink's buffer.
+    pub fn released(&self, bytes: usize) {
+        self.buffered_bytes.decrement(bytes as f64);
+    }
+
+    /// Counts a successful write of `messages` messages.
+    pub fn written(&self, messages: usize) {
+        self.batches.increment(1);
+        self.written.increment(messages as u64);
+    }
+
+    /// Records how long a write took.
+    pub fn write_latency(&self, elapsed: std::time::Duration) {
+        self.write_seconds.record(elapsed.as_secs_f64());
+    }
+
+    /// Logs and counts a failed write (or a failed part of one) before the
+    /// driver retries it, bisects it or gives up on it.
+    pub fn write_failed(&self, class: &'static str, messages: usize, reason: &str) {
+        tracing::warn!(sink = %self.sink, class, messages, reason, "Sink write failed.");
+        counter!(SINK_ERRORS, "sink" => self.sink.to_string(), "class" => class)
+            .increment(messages as u64);
+    }
+
+    /// Logs and counts messages the sink could not encode (each is given up
+    /// on afterwards).
+    pub fn encode_failed(&self, messages: usize, reason: &str) {
+        tracing::warn!(sink = %self.sink, messages, reason, "Sink could not encode messages.");
+        counter!(SINK_ERRORS, "sink" => self.sink.to_string(), "class" => "encode")
+            .increment(messages as u64);
+    }
+
+    /// Counts a retry.
+    pub fn retried(&self, attempt: u32, delay: std::time::Duration) {
+        tracing::debug!(sink = %self.sink, attempt, delay_ms = delay.as_millis() as u64, "Retrying write.");
+        self.retries.increment(1);
+    }
+
+    /// Logs and counts messages given up on: handed to the dead-letter sink
+    /// `dead_letter`, or dropped when there is none.
+    pub fn gave_up(&self, reason: &'static str, messages: usize, dead_letter: Option<&str>) {
+        match dead_letter {
+            Some(dead_letter) => {
+                tracing::warn!(sink = %self.sink, reason, messages, dead_letter, "Sink gave up on messages; sending them to the dead-letter sink.");
+                counter!(SINK_MESSAGES_DEAD_LETTERED, "sink" => self.sink.to_string(), "reason" => reason)
+                    .increment(messages as u64);
+            }
+            None => {
+                tracing::error!(sink = %self.sink, reason, messages, "Sink gave up on messages and dropped them.");
+                counter!(SINK_MESSAGES_DROPPED, "sink" => self.sink.to_string(), "reason" => reason)
+                    .increment(messages as u64);
+            }
+        }
+    }
+
+    /// Logs and counts messages given up on whose dead-letter sink was
+    /// already closed: they stay unacknowledged, for redelivery.
+    pub fn dead_letter_closed(&self, messages: usize) {
+        tracing::error!(sink = %self.sink, messages, "Dead-letter sink is closed; the messages stay unacknowledged.");
+        counter!(SINK_MESSAGES_DROPPED, "sink" => self.sink.to_string(), "reason" => "dead_letter_closed")
+            .increment(messages as u64);
+    }
+
+    /// Logs and counts a lost or failed connection to the sink's service.
+    /// `first` is false for repeated failures of one outage, which are
+    /// counted but logged at debug level only.
+    pub fn connection_failed(&self, reason: &str, first: bool) {
+        if first {
+            tracing::warn!(sink = %self.sink, reason, "Sink lost its connection; reconnecting.");
+        } else {
+            tracing::debug!(sink = %self.sink, reason, "Sink reconnect failed.");
+        }
+        counter!(SINK_CONNECTION_ERRORS, "sink" => self.sink.to_string()).increment(1);
+    }
+
+    /// Logs a (re)established connection.
+    pub fn connected(&self) {
+        tracing::info!(sink = %self.sink, "Sink connected.");
+    }
+}
+
+/// Bucket upper bounds, in seconds, of every `*_seconds` histogram: from
+/// 100 µs (a small batch through a plugin) to 10 s (a sink write that is
+/// about to time out), roughly ×2.5 apart so quantiles stay within one step.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Bucket upper bounds of every other histogram (counts and sizes: records
+/// per batch, bytes per request): powers of 4 from 1 to about 4 million.
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+];
+
+/// How often histogram samples are folded into their buckets when nobody
+/// scrapes; without it they pile up in memory between scrapes.
+const PROMETHEUS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the Prometheus recorder as the process's metrics recorder (once;
+/// later calls return the same handle) and returns the handle `/metrics`
+/// renders from. Histograms are Prometheus histograms with the buckets
+/// above, not summaries.
+///
+/// If another recorder was installed first (a test's), weir's metrics go
+/// there and the handle renders an empty page.
+pub fn install_prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(SIZE_BUCKETS)
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".to_owned()),
+                        LATENCY_BUCKETS_SECONDS,
+                    )
+                })
+                .expect("the bucket lists are constant and not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("A metrics recorder was already installed; /metrics will be empty.");
+            }
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("weir-metrics-upkeep".to_owned())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(PROMETHEUS_UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "Could not start metrics upkeep; histograms are folded at scrape time only.");
+            }
+            handle
+        })
+        .clone()
+}

@@ -193,5 +193,14 @@ macro_rules! export {
         #[cfg(not(target_arch = "wasm32"))]
         const _: fn(&str) -> ::core::result::Result<(), ::std::string::String> =
             $crate::runtime::init::<$plugin>;
+
+        /// The plugin's entry points natively, for benchmarks (see
+        /// `weir_sdk::runtime::Native`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        #[allow(dead_code, reason = "used only by benchmarks that include the plugin's source")]
+        pub fn __weir_native() -> $crate::runtime::Native {
+            $crate::runtime::Native::of::<$plugin>()
+        }
     };
 }

@@ -2,24 +2,30 @@
 //!
 //! A [`Message`] borrows its topic, payload and fields straight from the
 //! batch buffer the host sent; building one copies and decodes nothing, so a
-//! plugin pays only for what it reads. The payload is parsed as JSON at most
-//! once per message, on the first JSON accessor, and the parsed value is
-//! cached for the others. This module must never allocate on the path that
-//! does not touch JSON or fields.
+//! plugin pays only for what it reads: the topic is checked for UTF-8 when
+//! asked for, fields are decoded when looked up. The typed getters
+//! (`get_f64`, …) read their one path straight from the payload bytes
+//! without building a tree; [`Message::json`] parses the whole payload into
+//! a `Value` once and caches it, and the getters use that tree once it
+//! exists. This module must never allocate on the path that does not touch
+//! JSON or fields, nor when a typed getter succeeds.
 
 use std::cell::OnceCell;
 
 use serde_json::Value;
 
-use crate::json::lookup;
+use crate::json::{self, Found, lookup};
 use crate::{Error, Result};
 
 /// One input message: topic, payload, fields (topic captures such as
 /// `{device}`), timestamp and QoS.
 ///
-/// All accessors are lazy. The JSON accessors ([`json`](Self::json),
-/// [`get_f64`](Self::get_f64), …) parse the payload on first use and reuse
-/// the result; their errors name the path they were asked for.
+/// All accessors are lazy. [`json`](Self::json), [`get`](Self::get) and
+/// [`get_value`](Self::get_value) parse the payload on first use and reuse
+/// the result; the typed getters ([`get_f64`](Self::get_f64), …) read one
+/// path without building a tree, or use the tree if one of the others built
+/// it already (so a plugin reading many fields of a large payload may call
+/// `json()` first). Errors name the path they were asked for.
 pub struct Message<'a> {
     topic: &'a [u8],
     payload: &'a [u8],
@@ -47,19 +53,28 @@ impl<'a> Message<'a> {
     /// Borrows one input's parts out of the batch buffer, decoding its ten
     /// descriptor words. An out-of-range span (or a QoS that is not a byte)
     /// is a host bug; it fails this message only.
+    // Inlined into the batch loop: this is most of a passthrough's work, and
+    // the `guest` profile's opt-level "s" would otherwise keep it a call.
+    #[inline(always)]
     pub(crate) fn from_words(
         words: &[u32; EVENT_WORDS],
         data: &'a [u8],
     ) -> std::result::Result<Self, String> {
-        let qos = words[word::QOS];
+        let parts = (
+            part(data, words, word::TOPIC),
+            part(data, words, word::PAYLOAD),
+            part(data, words, word::FIELDS),
+            u8::try_from(words[word::QOS]),
+        );
+        let (Some(topic), Some(payload), Some(fields), Ok(qos)) = parts else {
+            return Err(describe_bad_words(words, data));
+        };
         Ok(Self {
-            topic: slice(data, words, word::TOPIC, "topic")?,
-            payload: slice(data, words, word::PAYLOAD, "payload")?,
-            fields: slice(data, words, word::FIELDS, "fields")?,
+            topic,
+            payload,
+            fields,
             timestamp_ms: join_i64(words[word::TIMESTAMP], words[word::TIMESTAMP + 1]),
-            qos: u8::try_from(qos).map_err(|_| {
-                format!("host bug: the message's QoS word is {qos}, more than a byte")
-            })?,
+            qos,
             json: OnceCell::new(),
         })
     }
@@ -139,10 +154,8 @@ impl<'a> Message<'a> {
     /// Fails with `field "a.b" is missing`, or with `cannot read field
     /// "a.b": payload is not valid JSON: <reason>`.
     pub fn get_value(&self, path: &str) -> Result<&Value> {
-        let root = self
-            .json()
-            .map_err(|e| e.context(format_args!("cannot read field \"{path}\"")))?;
-        lookup(root, path).ok_or_else(|| Error::new(format!("field \"{path}\" is missing")))
+        let root = self.json().map_err(|e| e.context(reading(path)))?;
+        lookup(root, path).ok_or_else(|| missing(path))
     }
 
     /// The number at `path`, as `f64` (integers included).
@@ -150,33 +163,57 @@ impl<'a> Message<'a> {
     /// Fails as [`get_value`](Self::get_value) does, or with `field "a.b" is
     /// not a number`.
     pub fn get_f64(&self, path: &str) -> Result<f64> {
-        self.get_typed(path, "a number", Value::as_f64)
+        self.get_typed(path, "a number", Value::as_f64, Found::as_f64)
     }
 
     /// The integer at `path`; fails with `field "a.b" is not an integer` for
     /// fractions, strings and integers beyond `i64`.
     pub fn get_i64(&self, path: &str) -> Result<i64> {
-        self.get_typed(path, "an integer", Value::as_i64)
+        self.get_typed(path, "an integer", Value::as_i64, Found::as_i64)
     }
 
     /// The string at `path`; fails with `field "a.b" is not a string`.
     pub fn get_str(&self, path: &str) -> Result<&str> {
-        self.get_typed(path, "a string", Value::as_str)
+        let escaped = |found: Found<'a>| match found {
+            Found::Str(s) => Some(Ok(s)),
+            // Unescaping needs somewhere to keep the text: the tree.
+            Found::EscapedStr => Some(Err(())),
+            _ => None,
+        };
+        match self.get_typed(path, "a string", |v| v.as_str().map(Ok), escaped)? {
+            Ok(s) => Ok(s),
+            Err(()) => self.get_typed(path, "a string", Value::as_str, |_| None),
+        }
     }
 
     /// The boolean at `path`; fails with `field "a.b" is not a boolean`.
     pub fn get_bool(&self, path: &str) -> Result<bool> {
-        self.get_typed(path, "a boolean", Value::as_bool)
+        self.get_typed(path, "a boolean", Value::as_bool, Found::as_bool)
     }
 
+    /// Reads `path` with `from_tree` if the payload was parsed already, else
+    /// with `from_scan` over the bytes; the two must agree (see
+    /// [`json::find`]), errors included.
     fn get_typed<'s, T>(
         &'s self,
         path: &str,
         what: &str,
-        read: impl FnOnce(&'s Value) -> Option<T>,
+        from_tree: impl FnOnce(&'s Value) -> Option<T>,
+        from_scan: impl FnOnce(Found<'a>) -> Option<T>,
     ) -> Result<T> {
-        read(self.get_value(path)?)
-            .ok_or_else(|| Error::new(format!("field \"{path}\" is not {what}")))
+        let value = match self.json.get() {
+            Some(_) => from_tree(self.get_value(path)?),
+            None => match json::find(self.payload, path) {
+                Ok(Some(found)) => from_scan(found),
+                Ok(None) => return Err(missing(path)),
+                Err(e) => {
+                    // Parsing the tree would fail the same way: remember it.
+                    let _ = self.json.set(Err(e.to_string()));
+                    return Err(self.json().unwrap_err().context(reading(path)));
+                }
+            },
+        };
+        value.ok_or_else(|| Error::new(format!("field \"{path}\" is not {what}")))
     }
 
     pub(crate) fn raw_fields(&self) -> &'a [u8] {
@@ -196,24 +233,41 @@ impl std::fmt::Debug for Message<'_> {
     }
 }
 
-/// The part whose `(offset, length)` words start at `at`.
-fn slice<'a>(
-    data: &'a [u8],
-    words: &[u32; EVENT_WORDS],
-    at: usize,
-    part: &str,
-) -> std::result::Result<&'a [u8], String> {
-    let (offset, len) = (words[at], words[at + 1]);
-    let start = offset as usize;
-    start
-        .checked_add(len as usize)
-        .and_then(|end| data.get(start..end))
-        .ok_or_else(|| {
-            format!(
-                "host bug: the {part} span (offset {offset}, length {len}) lies outside the batch data ({} bytes)",
+/// The prefix of a getter's error when the payload is not JSON.
+fn reading(path: &str) -> String {
+    format!("cannot read field \"{path}\"")
+}
+
+fn missing(path: &str) -> Error {
+    Error::new(format!("field \"{path}\" is missing"))
+}
+
+/// The part whose `(offset, length)` words start at `at`, if it lies inside
+/// `data`.
+#[inline(always)]
+fn part<'a>(data: &'a [u8], words: &[u32; EVENT_WORDS], at: usize) -> Option<&'a [u8]> {
+    let start = words[at] as usize;
+    data.get(start..start.checked_add(words[at + 1] as usize)?)
+}
+
+/// Why [`Message::from_words`] refused `words`: the first bad part.
+#[cold]
+fn describe_bad_words(words: &[u32; EVENT_WORDS], data: &[u8]) -> String {
+    for (at, name) in [
+        (word::TOPIC, "topic"),
+        (word::PAYLOAD, "payload"),
+        (word::FIELDS, "fields"),
+    ] {
+        if part(data, words, at).is_none() {
+            let (offset, len) = (words[at], words[at + 1]);
+            return format!(
+                "host bug: the {name} span (offset {offset}, length {len}) lies outside the batch data ({} bytes)",
                 data.len()
-            )
-        })
+            );
+        }
+    }
+    let qos = words[word::QOS];
+    format!("host bug: the message's QoS word is {qos}, more than a byte")
 }
 
 /// An s64 from its low and high words.

@@ -1,11 +1,11 @@
 //! The glue between the contract's exports and a [`Transform`]: the batch
 //! loop, the instance slot and the metadata builder.
 //!
-//! `process_batch` is the one batch loop: the wasm export and
-//! [`testing::Harness`](crate::testing::Harness) both run it, so native tests
-//! exercise the same word decoding and outcome encoding the host sees. It
-//! must not allocate per message on the passthrough path, and it never
-//! catches panics (wasm32 aborts; the host isolates the message).
+//! `process_batch` is the one batch loop: the wasm export,
+//! [`testing::Harness`](crate::testing::Harness) and [`Native`] all run it,
+//! so native tests exercise the same word decoding and outcome encoding the
+//! host sees. It must not allocate per message on the passthrough path, and
+//! it never catches panics (wasm32 aborts; the host isolates the message).
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -103,16 +103,51 @@ pub fn init<T: Transform>(config: &str) -> Result<(), String> {
 
 /// The `process` export: runs the batch through the kept instance.
 pub fn process<T: Transform>(batch: Batch) -> Outcome {
+    process_kept::<T>(&batch)
+}
+
+fn process_kept<T: Transform>(batch: &Batch) -> Outcome {
     INSTANCE.with(|slot| {
         let mut slot = slot.borrow_mut();
         match slot.as_mut().and_then(|p| p.downcast_mut::<T>()) {
-            Some(plugin) => process_batch(plugin, &batch),
+            Some(plugin) => process_batch(plugin, batch),
             None => fail_all(
-                &batch,
+                batch,
                 "host bug: process was called before a successful init",
             ),
         }
     })
+}
+
+/// A plugin compiled natively, driven exactly as the wasm exports drive it
+/// (`init` keeps the instance in the same slot, `process` runs the same
+/// batch loop), minus the wasm boundary. [`export!`](crate::export)
+/// generates `__weir_native()` returning one, for benchmarks that compare a
+/// plugin in wasm with the same plugin compiled natively.
+#[derive(Clone, Copy, Debug)]
+pub struct Native {
+    init: fn(&str) -> Result<(), String>,
+    process: fn(&Batch) -> Outcome,
+}
+
+impl Native {
+    /// The entry points of `T`.
+    pub fn of<T: Transform>() -> Self {
+        Native {
+            init: init::<T>,
+            process: process_kept::<T>,
+        }
+    }
+
+    /// As the `init` export (for this thread).
+    pub fn init(&self, config: &str) -> Result<(), String> {
+        (self.init)(config)
+    }
+
+    /// As the `process` export, without taking the batch.
+    pub fn process(&self, batch: &Batch) -> Outcome {
+        (self.process)(batch)
+    }
 }
 
 /// Fails every message of `batch`, counting a torn trailing descriptor as

@@ -5,7 +5,10 @@
 //! arguments, a file that is not a plugin, a config the plugin refuses).
 //! Errors are one line on stderr, starting with `error: `.
 
+mod demo;
 mod plugin;
+mod run;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +23,9 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     /// Log filter, in `tracing` env-filter syntax (also read from RUST_LOG).
-    #[arg(long, global = true, default_value = "info")]
+    /// (rumqttd, the embedded broker, logs every client disconnect as an
+    /// error, hence `rumqttd=off` by default.)
+    #[arg(long, global = true, default_value = "info,rumqttd=off")]
     pub log: String,
     /// Folder of the compiled-component cache (default: $WEIR_CACHE_DIR,
     /// else $XDG_CACHE_HOME/weir/components, else ~/.cache/weir/components).
@@ -48,6 +53,15 @@ pub enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run the pipeline a manifest describes, until SIGINT or SIGTERM.
+    Run(run::RunArgs),
+    /// Run a self-contained demo: embedded broker, simulated devices,
+    /// example plugins, console output.
+    Demo(demo::DemoArgs),
+    /// Check a manifest and report every problem in it.
+    Validate(validate::ValidateArgs),
+    /// Print the manifest's JSON Schema, for editors (Taplo, Even Better TOML).
+    Schema,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -65,6 +79,10 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd, options),
+        Command::Run(args) => run::run(args, options),
+        Command::Demo(args) => demo::run(args, options),
+        Command::Validate(args) => validate::validate(args, options),
+        Command::Schema => validate::schema(),
     };
     match result {
         Ok(code) => code,

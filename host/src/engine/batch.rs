@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::bindings::weir::plugin::types::{Batch, Outcome};
+use super::bindings::weir::plugin::types::{Batch, Failure as GuestFailure, Outcome};
 use super::instance::{BatchOutcome, Failure, FailureKind, Output};
 use crate::message::{Fields, Message};
 
@@ -90,12 +90,32 @@ fn push(data: &mut Vec<u8>, bytes: &[u8]) -> [u32; 2] {
     [offset, bytes.len() as u32]
 }
 
+/// The inputs of a batch, as the caller handed them over.
+pub(super) enum Inputs<'a> {
+    /// Each output clones the parts it keeps from its input.
+    Borrowed(&'a [Message]),
+    /// Each input moves into its last output; inputs without one are
+    /// dropped. Saves the reference-count traffic of cloning (topic,
+    /// payload and fields: three atomic increments per passthrough, and
+    /// three decrements when the caller drops its copy).
+    Owned(Vec<Message>),
+}
+
+impl Inputs<'_> {
+    pub(super) fn as_slice(&self) -> &[Message] {
+        match self {
+            Inputs::Borrowed(messages) => messages,
+            Inputs::Owned(messages) => messages,
+        }
+    }
+}
+
 /// Turns a guest's outcome into host outputs and failures, with input
 /// indices shifted by `offset` (the position of `inputs` in the caller's
 /// batch).
 pub(super) fn decode(
     outcome: Outcome,
-    inputs: &[Message],
+    inputs: Inputs<'_>,
     offset: usize,
     result: &mut BatchOutcome,
 ) -> Result<(), String> {
@@ -104,45 +124,126 @@ pub(super) fn decode(
         data,
         failures,
     } = outcome;
+    let (emitted, rest) = emitted.as_chunks::<EMITTED_WORDS>();
+    let len = inputs.as_slice().len();
     // Check the shape and every index before producing anything, so that a
     // guest that breaks the contract fails its whole batch rather than half
-    // of it.
-    if emitted.len() % EMITTED_WORDS != 0 {
+    // of it. The same pass learns what the build pass can skip.
+    if !rest.is_empty() {
         return Err(format!(
             "the plugin returned {} output words, not a multiple of {EMITTED_WORDS}",
-            emitted.len()
+            emitted.len() * EMITTED_WORDS + rest.len()
         ));
     }
-    for words in emitted.chunks_exact(EMITTED_WORDS) {
-        check_index(words[0], inputs.len())?;
+    // In input order (as the SDK emits), and at most one output per input?
+    let mut in_input_order = true;
+    let mut one_each = true;
+    let mut any_flags = 0;
+    let mut next = 0;
+    for words in emitted {
+        check_index(words[0], len)?;
+        in_input_order &= words[0] + 1 >= next;
+        one_each &= words[0] >= next;
+        next = words[0] + 1;
+        any_flags |= words[1];
     }
     for f in &failures {
-        check_index(f.input, inputs.len())?;
+        check_index(f.input, len)?;
     }
-    let data = Bytes::from(data);
-    result.outputs.reserve(emitted.len() / EMITTED_WORDS);
-    for words in emitted.chunks_exact(EMITTED_WORDS) {
-        let input = words[0] as usize;
-        match build_output(&inputs[input], &data, words) {
-            Ok(message) => result.outputs.push(Output {
-                input: offset + input,
-                message,
-            }),
-            Err(reason) => result.failures.push(Failure {
-                input: offset + input,
-                kind: FailureKind::InvalidOutput,
-                reason,
-            }),
+    // Only a new part needs the bytes on the host's side of the boundary.
+    let data = if any_flags & (NEW_TOPIC | NEW_PAYLOAD | NEW_FIELDS) != 0 {
+        Bytes::from(data)
+    } else {
+        Bytes::new()
+    };
+    result.outputs.reserve(emitted.len());
+    let input_at = |words: &[u32; EMITTED_WORDS]| words[0] as usize;
+    // A filter's outcome: passthroughs only, built straight into place.
+    if any_flags == 0 {
+        match inputs {
+            Inputs::Owned(messages) if one_each => {
+                let mut wanted = emitted.iter().map(input_at).peekable();
+                let kept = messages
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(input, _)| wanted.next_if_eq(input).is_some());
+                result.outputs.extend(kept.map(|(input, message)| Output {
+                    input: offset + input,
+                    message,
+                }));
+            }
+            inputs => {
+                let messages = inputs.as_slice();
+                result
+                    .outputs
+                    .extend(emitted.iter().map(input_at).map(|input| Output {
+                        input: offset + input,
+                        message: messages[input].clone(),
+                    }));
+            }
+        }
+        push_failures(failures, offset, result);
+        return Ok(());
+    }
+    let mut push = |input: usize, built: Result<Message, String>| match built {
+        Ok(message) => result.outputs.push(Output {
+            input: offset + input,
+            message,
+        }),
+        Err(reason) => result.failures.push(Failure {
+            input: offset + input,
+            kind: FailureKind::InvalidOutput,
+            reason,
+        }),
+    };
+    match inputs {
+        // The SDK emits in input order; the moves below rely on it.
+        Inputs::Owned(messages) if in_input_order => {
+            let mut rest = messages.into_iter();
+            // The input the current outputs come from, once taken from `rest`.
+            let mut current: Option<(usize, Message)> = None;
+            let mut taken = 0;
+            for (at, words) in emitted.iter().enumerate() {
+                let input = words[0] as usize;
+                if current.as_ref().is_none_or(|(i, _)| *i != input) {
+                    // Inputs skipped over had no output (or no more): dropped.
+                    let message = rest.nth(input - taken).expect("index checked above");
+                    taken = input + 1;
+                    current = Some((input, message));
+                }
+                let last = emitted
+                    .get(at + 1)
+                    .is_none_or(|next| next[0] as usize != input);
+                let built = if last {
+                    let (_, message) = current.take().expect("set above");
+                    apply(message, &data, words)
+                } else {
+                    let (_, message) = current.as_ref().expect("set above");
+                    derive(message, &data, words)
+                };
+                push(input, built);
+            }
+        }
+        inputs => {
+            let messages = inputs.as_slice();
+            for words in emitted {
+                let input = words[0] as usize;
+                push(input, derive(&messages[input], &data, words));
+            }
         }
     }
-    for f in failures {
-        result.failures.push(Failure {
+    push_failures(failures, offset, result);
+    Ok(())
+}
+
+fn push_failures(failures: Vec<GuestFailure>, offset: usize, result: &mut BatchOutcome) {
+    result
+        .failures
+        .extend(failures.into_iter().map(|f| Failure {
             input: offset + f.input as usize,
             kind: FailureKind::Rejected,
             reason: f.message,
-        });
-    }
-    Ok(())
+        }));
 }
 
 fn check_index(index: u32, len: usize) -> Result<(), String> {
@@ -155,29 +256,83 @@ fn check_index(index: u32, len: usize) -> Result<(), String> {
     }
 }
 
-fn build_output(input: &Message, data: &Bytes, words: &[u32]) -> Result<Message, String> {
-    let flags = words[1];
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(format!("the plugin set unknown output flags {flags:#x}"));
+/// The new parts an output carries, checked.
+#[derive(Default)]
+struct Changes {
+    topic: Option<Arc<str>>,
+    payload: Option<Bytes>,
+    fields: Option<Fields>,
+    timestamp_ms: Option<i64>,
+}
+
+impl Changes {
+    fn read(data: &Bytes, words: &[u32; EMITTED_WORDS]) -> Result<Self, String> {
+        let flags = words[1];
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(format!("the plugin set unknown output flags {flags:#x}"));
+        }
+        let mut changes = Changes::default();
+        if flags & NEW_TOPIC != 0 {
+            let bytes = slice(data, words[2], words[3], "topic")?;
+            let topic = std::str::from_utf8(&bytes)
+                .map_err(|_| "the plugin emitted a topic that is not UTF-8".to_owned())?;
+            changes.topic = Some(Arc::from(topic));
+        }
+        if flags & NEW_PAYLOAD != 0 {
+            changes.payload = Some(slice(data, words[4], words[5], "payload")?);
+        }
+        if flags & NEW_FIELDS != 0 {
+            let bytes = slice(data, words[6], words[7], "fields")?;
+            changes.fields = Some(
+                Fields::from_encoded(bytes).map_err(|err| format!("the plugin emitted a {err}"))?,
+            );
+        }
+        if flags & NEW_TIMESTAMP != 0 {
+            changes.timestamp_ms = Some((u64::from(words[8]) | (u64::from(words[9]) << 32)) as i64);
+        }
+        Ok(changes)
     }
-    let mut message = input.clone();
-    if flags & NEW_TOPIC != 0 {
-        let bytes = slice(data, words[2], words[3], "topic")?;
-        let topic = std::str::from_utf8(&bytes)
-            .map_err(|_| "the plugin emitted a topic that is not UTF-8".to_owned())?;
-        message.topic = Arc::from(topic);
+}
+
+/// The output `words` describe, built from a borrowed input: only the parts
+/// it keeps are cloned.
+fn derive(input: &Message, data: &Bytes, words: &[u32; EMITTED_WORDS]) -> Result<Message, String> {
+    if words[1] == 0 {
+        return Ok(input.clone());
     }
-    if flags & NEW_PAYLOAD != 0 {
-        message.payload = slice(data, words[4], words[5], "payload")?;
+    let changes = Changes::read(data, words)?;
+    Ok(Message {
+        topic: changes.topic.unwrap_or_else(|| input.topic.clone()),
+        payload: changes.payload.unwrap_or_else(|| input.payload.clone()),
+        timestamp_ms: changes.timestamp_ms.unwrap_or(input.timestamp_ms),
+        qos: input.qos,
+        fields: changes.fields.unwrap_or_else(|| input.fields.clone()),
+    })
+}
+
+/// The output `words` describe, made of the input itself.
+fn apply(
+    mut input: Message,
+    data: &Bytes,
+    words: &[u32; EMITTED_WORDS],
+) -> Result<Message, String> {
+    if words[1] == 0 {
+        return Ok(input);
     }
-    if flags & NEW_FIELDS != 0 {
-        message.fields = Fields::from_encoded(slice(data, words[6], words[7], "fields")?)
-            .map_err(|err| format!("the plugin emitted a {err}"))?;
+    let changes = Changes::read(data, words)?;
+    if let Some(topic) = changes.topic {
+        input.topic = topic;
     }
-    if flags & NEW_TIMESTAMP != 0 {
-        message.timestamp_ms = (u64::from(words[8]) | (u64::from(words[9]) << 32)) as i64;
+    if let Some(payload) = changes.payload {
+        input.payload = payload;
     }
-    Ok(message)
+    if let Some(fields) = changes.fields {
+        input.fields = fields;
+    }
+    if let Some(timestamp_ms) = changes.timestamp_ms {
+        input.timestamp_ms = timestamp_ms;
+    }
+    Ok(input)
 }
 
 fn slice(data: &Bytes, offset: u32, len: u32, what: &str) -> Result<Bytes, String> {
@@ -190,4 +345,178 @@ fn slice(data: &Bytes, offset: u32, len: u32, what: &str) -> Result<Bytes, Strin
         ));
     }
     Ok(data.slice(start..end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Vec<Message> {
+        (0..4)
+            .map(|i| {
+                let mut m = Message::new(format!("t/{i}"), format!("p{i}"), i);
+                m.fields = Fields::from_pairs([("n", i.to_string().as_str())]);
+                m.qos = 1;
+                m
+            })
+            .collect()
+    }
+
+    /// An output of `input` with `flags`; spans and timestamp from `rest`.
+    fn output(input: u32, flags: u32, rest: [u32; 8]) -> Vec<u32> {
+        let mut words = vec![input, flags];
+        words.extend(rest);
+        words
+    }
+
+    fn outcome(outputs: &[Vec<u32>], data: &[u8], failures: &[(u32, &str)]) -> Outcome {
+        Outcome {
+            emitted: outputs.concat(),
+            data: data.to_vec(),
+            failures: failures
+                .iter()
+                .map(|&(input, message)| GuestFailure {
+                    input,
+                    message: message.to_owned(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Decodes `outcome` both ways and checks they agree.
+    fn decode_both(outcome: impl Fn() -> Outcome, offset: usize) -> Result<BatchOutcome, String> {
+        let inputs = inputs();
+        let mut borrowed = BatchOutcome::default();
+        let by_ref = decode(outcome(), Inputs::Borrowed(&inputs), offset, &mut borrowed);
+        let mut owned = BatchOutcome::default();
+        let by_value = decode(outcome(), Inputs::Owned(inputs.clone()), offset, &mut owned);
+        assert_eq!(by_ref, by_value);
+        assert_eq!(borrowed.outputs, owned.outputs);
+        assert_eq!(borrowed.failures, owned.failures);
+        by_ref.map(|()| borrowed)
+    }
+
+    #[test]
+    fn passthroughs_are_their_inputs_whether_borrowed_or_owned() {
+        let got = decode_both(
+            || {
+                outcome(
+                    &[output(1, 0, [0; 8]), output(3, 0, [0; 8])],
+                    b"",
+                    &[(2, "bad")],
+                )
+            },
+            10,
+        )
+        .unwrap();
+        let inputs = inputs();
+        let expected = [(11, &inputs[1]), (13, &inputs[3])];
+        let got_outputs: Vec<_> = got.outputs.iter().map(|o| (o.input, &o.message)).collect();
+        assert_eq!(got_outputs, expected);
+        assert_eq!(got.failures.len(), 1);
+        assert_eq!(got.failures[0].input, 12);
+        assert_eq!(got.failures[0].kind, FailureKind::Rejected);
+    }
+
+    #[test]
+    fn changed_parts_replace_the_inputs_and_the_rest_is_kept() {
+        // Input 0 twice (a copy with a new payload, then itself), input 1
+        // as is, input 2 with a new topic, fields and timestamp.
+        let mut fields = Vec::new();
+        for part in ["k", "v"] {
+            fields.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            fields.extend_from_slice(part.as_bytes());
+        }
+        let data = [b"new".as_slice(), b"alerts", &fields].concat();
+        let outputs = [
+            output(0, NEW_PAYLOAD, [0, 0, 0, 3, 0, 0, 0, 0]),
+            output(0, 0, [0; 8]),
+            output(1, 0, [0; 8]),
+            output(
+                2,
+                NEW_TOPIC | NEW_FIELDS | NEW_TIMESTAMP,
+                [3, 6, 0, 0, 9, fields.len() as u32, 7, 1],
+            ),
+        ];
+        let got = decode_both(|| outcome(&outputs, &data, &[]), 0).unwrap();
+        let inputs = inputs();
+        let messages: Vec<_> = got.outputs.iter().map(|o| &o.message).collect();
+        assert_eq!(
+            got.outputs.iter().map(|o| o.input).collect::<Vec<_>>(),
+            [0, 0, 1, 2]
+        );
+        assert_eq!(&messages[0].payload[..], b"new");
+        assert_eq!(messages[0].topic, inputs[0].topic);
+        assert_eq!(messages[1], &inputs[0]);
+        assert_eq!(messages[2], &inputs[1]);
+        assert_eq!(&*messages[3].topic, "alerts");
+        assert_eq!(messages[3].payload, inputs[2].payload);
+        assert_eq!(messages[3].fields.get("k"), Some("v"));
+        assert_eq!(messages[3].timestamp_ms, 7 | 1 << 32);
+        assert_eq!(messages[3].qos, 1);
+        assert!(got.failures.is_empty());
+    }
+
+    #[test]
+    fn outputs_out_of_input_order_or_repeated_are_kept_as_emitted() {
+        let outputs = [
+            output(3, 0, [0; 8]),
+            output(1, 0, [0; 8]),
+            output(1, 0, [0; 8]),
+        ];
+        let got = decode_both(|| outcome(&outputs, b"", &[]), 0).unwrap();
+        let inputs = inputs();
+        let got: Vec<_> = got.outputs.iter().map(|o| (o.input, &o.message)).collect();
+        assert_eq!(got, [(3, &inputs[3]), (1, &inputs[1]), (1, &inputs[1])]);
+    }
+
+    #[test]
+    fn a_bad_output_fails_its_input_and_a_bad_index_fails_the_batch() {
+        let got = decode_both(
+            || {
+                outcome(
+                    &[
+                        output(0, NEW_PAYLOAD, [0, 0, 0, 9, 0, 0, 0, 0]),
+                        output(1, 0, [0; 8]),
+                    ],
+                    b"abc",
+                    &[],
+                )
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(got.outputs.len(), 1);
+        assert_eq!(got.failures[0].kind, FailureKind::InvalidOutput);
+        assert_eq!(
+            got.failures[0].reason,
+            "the plugin emitted a payload span 0..9 outside its 3-byte buffer"
+        );
+
+        let err = decode_both(
+            || outcome(&[output(0, 0, [0; 8]), output(4, 0, [0; 8])], b"", &[]),
+            0,
+        );
+        assert_eq!(
+            err.unwrap_err(),
+            "the plugin referred to input 4 of a batch of 4"
+        );
+        let err = decode_both(|| outcome(&[output(0, 0, [0; 8])], b"", &[(7, "x")]), 0);
+        assert_eq!(
+            err.unwrap_err(),
+            "the plugin referred to input 7 of a batch of 4"
+        );
+        let err = decode_both(
+            || Outcome {
+                emitted: vec![0; 13],
+                data: Vec::new(),
+                failures: Vec::new(),
+            },
+            0,
+        );
+        assert_eq!(
+            err.unwrap_err(),
+            "the plugin returned 13 output words, not a multiple of 10"
+        );
+    }
 }

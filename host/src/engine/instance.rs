@@ -1,7 +1,8 @@
 //! One plugin instance: a `Store`, the guest's exports, and recovery.
 //!
-//! [`Instance::process`] never fails as a whole. What goes wrong is reported
-//! per input record in the [`BatchOutcome`]:
+//! [`Instance::process`] (and [`Instance::process_owned`], the same for a
+//! batch the caller gives away) never fails as a whole. What goes wrong is
+//! reported per input record in the [`BatchOutcome`]:
 //!
 //! - the guest rejects a record (a `failure` in its outcome): that record
 //!   fails, the rest of the batch is processed as usual;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-use super::batch::{self, Encoder};
+use super::batch::{self, Encoder, Inputs};
 use super::bindings::Transformer;
 use super::bindings::weir::plugin::types::PluginKind;
 use super::host::{HostState, MemoryCapExceeded};
@@ -241,13 +242,26 @@ impl Instance {
     /// Runs a batch through the plugin. See the module docs for what happens
     /// when something goes wrong.
     pub fn process(&mut self, messages: &[Message]) -> BatchOutcome {
+        self.process_inputs(Inputs::Borrowed(messages))
+    }
+
+    /// Like [`process`](Self::process), for a batch the caller no longer
+    /// needs: each input becomes its (last) output instead of being cloned
+    /// into it, so a passthrough touches no reference count. The outcome is
+    /// the same.
+    pub fn process_owned(&mut self, messages: Vec<Message>) -> BatchOutcome {
+        self.process_inputs(Inputs::Owned(messages))
+    }
+
+    fn process_inputs(&mut self, inputs: Inputs<'_>) -> BatchOutcome {
+        let records_in = inputs.as_slice().len();
         let mut result = BatchOutcome::default();
-        self.run(messages, 0, &mut result);
+        self.run(inputs, 0, &mut result);
         result.failures.sort_by_key(|f| f.input);
         self.stats.batches += 1;
-        self.stats.records_in += messages.len() as u64;
+        self.stats.records_in += records_in as u64;
         self.stats.records_out += result.outputs.len() as u64;
-        telemetry::plugin_records(&self.name, messages.len(), result.outputs.len());
+        telemetry::plugin_records(&self.name, records_in, result.outputs.len());
         let mut by_kind: BTreeMap<FailureKind, (usize, &str)> = BTreeMap::new();
         for f in &result.failures {
             let entry = by_kind.entry(f.kind).or_insert((0, &f.reason));
@@ -260,7 +274,8 @@ impl Instance {
         result
     }
 
-    fn run(&mut self, messages: &[Message], offset: usize, result: &mut BatchOutcome) {
+    fn run(&mut self, inputs: Inputs<'_>, offset: usize, result: &mut BatchOutcome) {
+        let messages = inputs.as_slice();
         if messages.is_empty() {
             return;
         }
@@ -268,13 +283,9 @@ impl Instance {
             match start(&self.plugin, &self.name, &self.config_json, self.limits) {
                 Ok(live) => self.live = Some(live),
                 Err(e) => {
-                    return fail_all(
-                        messages,
-                        offset,
-                        FailureKind::Unavailable,
-                        &e.to_string(),
-                        result,
-                    );
+                    let reason = e.to_string();
+                    let kind = FailureKind::Unavailable;
+                    return fail_all(messages.len(), offset, kind, &reason, result);
                 }
             }
         }
@@ -282,14 +293,14 @@ impl Instance {
         let batch = match self.encoder.encode(messages) {
             Ok(batch) => batch,
             Err(batch::BatchTooLarge) if messages.len() > 1 => {
-                let mid = messages.len() / 2;
-                self.run(&messages[..mid], offset, result);
-                self.run(&messages[mid..], offset + mid, result);
+                let (head, tail) = messages.split_at(messages.len() / 2);
+                self.run(Inputs::Borrowed(head), offset, result);
+                self.run(Inputs::Borrowed(tail), offset + head.len(), result);
                 return;
             }
             Err(batch::BatchTooLarge) => {
                 let reason = "the message is larger than the 4 GiB a batch can carry";
-                return fail_all(messages, offset, FailureKind::Unavailable, reason, result);
+                return fail_all(1, offset, FailureKind::Unavailable, reason, result);
             }
         };
         let called = call(live, self.limits.batch_deadline, |live| {
@@ -299,14 +310,9 @@ impl Instance {
         });
         match called {
             Ok(outcome) => {
-                if let Err(reason) = batch::decode(outcome, messages, offset, result) {
-                    fail_all(
-                        messages,
-                        offset,
-                        FailureKind::InvalidOutput,
-                        &reason,
-                        result,
-                    );
+                let len = messages.len();
+                if let Err(reason) = batch::decode(outcome, inputs, offset, result) {
+                    fail_all(len, offset, FailureKind::InvalidOutput, &reason, result);
                 }
             }
             Err(e) => {
@@ -315,25 +321,20 @@ impl Instance {
                 self.stats.restarts += 1;
                 telemetry::plugin_restarted(&self.name, e.kind.as_str());
                 if e.kind == FailureKind::Trap && messages.len() > 1 {
-                    let mid = messages.len() / 2;
-                    self.run(&messages[..mid], offset, result);
-                    self.run(&messages[mid..], offset + mid, result);
+                    // Rare enough that the halves may clone their outputs.
+                    let (head, tail) = messages.split_at(messages.len() / 2);
+                    self.run(Inputs::Borrowed(head), offset, result);
+                    self.run(Inputs::Borrowed(tail), offset + head.len(), result);
                 } else {
-                    fail_all(messages, offset, e.kind, &e.reason, result);
+                    fail_all(messages.len(), offset, e.kind, &e.reason, result);
                 }
             }
         }
     }
 }
 
-fn fail_all(
-    messages: &[Message],
-    offset: usize,
-    kind: FailureKind,
-    reason: &str,
-    result: &mut BatchOutcome,
-) {
-    result.failures.extend((0..messages.len()).map(|i| Failure {
+fn fail_all(len: usize, offset: usize, kind: FailureKind, reason: &str, result: &mut BatchOutcome) {
+    result.failures.extend((0..len).map(|i| Failure {
         input: offset + i,
         kind,
         reason: reason.to_owned(),

@@ -1,0 +1,157 @@
+//! `weir run`: the pipeline, until SIGINT or SIGTERM.
+//!
+//! Start-up refuses an invalid manifest (every problem is printed, exit 1).
+//! On SIGINT/SIGTERM intake stops, rules drain, sinks flush, the
+//! acknowledgements go out, and the process exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+
+#[cfg(feature = "embedded-broker")]
+use crate::broker::EmbeddedBroker;
+#[cfg(not(feature = "embedded-broker"))]
+type EmbeddedBroker = std::convert::Infallible;
+use crate::config::Config;
+use crate::engine::{Runtime, RuntimeOptions};
+use crate::health::{Health, RuleState};
+use crate::pipeline::Pipeline;
+
+/// Arguments of `weir run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The manifest.
+    #[arg(default_value = "weir.toml")]
+    pub manifest: PathBuf,
+}
+
+pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let runtime = Runtime::new(options)?;
+        let config = match crate::config::load(&args.manifest, &runtime) {
+            Ok(config) => config,
+            Err(diagnostics) => {
+                eprint!("{diagnostics}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let running = Running::start(&config).await?;
+        tracing::info!(
+            manifest = %args.manifest.display(),
+            rules = config.rules.len(),
+            sinks = config.sinks.len(),
+            "Running."
+        );
+        wait_for_signal().await?;
+        running.stop().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The async runtime every long-running command uses.
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-io")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Everything `weir run` starts: the embedded broker (if any), the
+/// pipeline, the HTTP endpoint.
+pub(super) struct Running {
+    broker: Option<EmbeddedBroker>,
+    pipeline: Pipeline,
+    http: Option<(
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
+    health: Health,
+}
+
+impl Running {
+    pub(super) async fn start(config: &Config) -> anyhow::Result<Running> {
+        let metrics = crate::telemetry::install_prometheus();
+        let broker = match config.broker.embedded.clone() {
+            #[cfg(feature = "embedded-broker")]
+            Some(embedded) => Some(
+                // Blocks until the broker answers, up to a few seconds.
+                tokio::task::spawn_blocking(move || crate::broker::start(&embedded))
+                    .await
+                    .context("embedded broker start-up panicked")??,
+            ),
+            #[cfg(not(feature = "embedded-broker"))]
+            Some(_) => anyhow::bail!("this weir was built without the embedded-broker feature"),
+            None => None,
+        };
+        let health = Health::new();
+        for (name, plugin) in &config.plugins {
+            let version = plugin
+                .plugin
+                .metadata()
+                .map(|m| m.version)
+                .unwrap_or_default();
+            health.set_plugin(name, version, plugin.plugin.content_hash());
+        }
+        let pipeline = Pipeline::start(config).await?;
+        for rule in &config.rules {
+            health.set_rule(&rule.name, RuleState::Running);
+        }
+        let http = match config.http {
+            Some(addr) => {
+                let (stop, stopped) = oneshot::channel::<()>();
+                let (_, task) = crate::http::serve(addr, metrics, health.clone(), async {
+                    let _ = stopped.await;
+                })
+                .await?;
+                Some((stop, task))
+            }
+            None => None,
+        };
+        Ok(Running {
+            broker,
+            pipeline,
+            http,
+            health,
+        })
+    }
+
+    /// Stops intake, drains, flushes, acknowledges; then the HTTP endpoint
+    /// and the embedded broker.
+    pub(super) async fn stop(self) {
+        tracing::info!("Shutting down: draining rules and flushing sinks.");
+        let Running {
+            broker,
+            pipeline,
+            http,
+            health,
+        } = self;
+        pipeline.shutdown().await;
+        for (name, _) in health.report().rules {
+            health.set_rule(&name, RuleState::Stopped);
+        }
+        if let Some((stop, task)) = http {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        #[cfg(feature = "embedded-broker")]
+        if let Some(broker) = broker {
+            broker.stop();
+        }
+        #[cfg(not(feature = "embedded-broker"))]
+        drop(broker);
+        tracing::info!("Stopped.");
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,1504 @@
+//! Step two: from the raw manifest to the resolved [`Config`], checking
+//! everything that needs more than the shape of one value.
+//!
+//! Each item (`[broker]`, `[http]`, each plugin, sink and rule) that
+//! survived the shape check is deserialized into its raw type and resolved:
+//! durations parsed, URLs split, paths made absolute, plugins loaded and
+//! every step's merged config run through the plugin's `init`, templates
+//! and topic filters parsed, references between sections followed
+//! (`to`, `errors`, `steps`, `dead_letter`, dead-letter cycles), and the
+//! template variables of each sink checked against the captures of each
+//! rule that writes to it. Every problem is reported at the key or value it
+//! is about; the model is built only when there is none.
+//!
+//! What this module must never do: put a value read from the environment
+//! into a message (messages quote the manifest's text, see `secret.rs`), or
+//! stop at the first problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::diagnostic::{Reporter, did_you_mean};
+use super::manifest::{Broker, Http, PluginSpec, RuleSpec, SinkSpec, StepSpec};
+use super::model::*;
+use super::secret::{self, Secret};
+use super::shape::{Node, Seg, at, table_label, value_label};
+use super::{Config, duration};
+use crate::engine::{Limits, PluginError, Runtime};
+use crate::rule::TopicFilter;
+use crate::template::{Template, TemplateError, Variable};
+
+/// Template builtins: never a capture, never a payload path.
+const BUILTINS: [&str; 5] = ["topic", "ts", "qos", "clientid", "payload"];
+
+/// Largest `memory_mib`: a 32-bit linear memory cannot grow past 4 GiB.
+const MAX_MEMORY_MIB: u32 = 4096;
+
+/// Everything step two needs.
+pub(super) struct Validator<'a, 's> {
+    root: &'a Node,
+    bad_items: &'a BTreeSet<Vec<Seg>>,
+    r: &'a mut Reporter<'s>,
+    /// The manifest (absolute).
+    path: PathBuf,
+    /// Its folder: relative paths start here.
+    dir: PathBuf,
+    runtime: &'a Runtime,
+    rule_names: Vec<Option<String>>,
+}
+
+/// A template of a sink, and where it is written.
+struct TemplateUse {
+    field: &'static str,
+    template: Template,
+    path: Vec<Seg>,
+}
+
+/// A sink as far as it resolved.
+struct ResolvedSink {
+    config: SinkConfig,
+    templates: Vec<TemplateUse>,
+}
+
+impl<'a, 's> Validator<'a, 's> {
+    pub(super) fn new(
+        root: &'a Node,
+        bad_items: &'a BTreeSet<Vec<Seg>>,
+        r: &'a mut Reporter<'s>,
+        manifest: &Path,
+        runtime: &'a Runtime,
+    ) -> Self {
+        let path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
+        let dir = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let rule_names = root
+            .get("rules")
+            .map(|rules| {
+                rules
+                    .items()
+                    .iter()
+                    .map(|rule| rule.get("name").and_then(Node::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Validator {
+            root,
+            bad_items,
+            r,
+            path,
+            dir,
+            runtime,
+            rule_names,
+        }
+    }
+
+    /// Resolves the whole manifest; `None` when anything was reported as
+    /// an error (here or in step one).
+    pub(super) fn run(mut self) -> Option<Config> {
+        let broker = self.broker();
+        let http = self.http();
+
+        let plugin_names = self.names("plugins");
+        let mut plugins = BTreeMap::new();
+        for name in &plugin_names {
+            if let Some(p) = self.plugin(name) {
+                plugins.insert(name.clone(), p);
+            }
+        }
+
+        let sink_names = self.names("sinks");
+        let mut sinks = BTreeMap::new();
+        for name in &sink_names {
+            if let Some(s) = self.sink(name, &sink_names, broker.as_ref()) {
+                sinks.insert(name.clone(), s);
+            }
+        }
+        self.dead_letter_cycles(&sinks);
+
+        self.unique_rule_names();
+        let mut rules = Vec::new();
+        let rule_count = self.root.get("rules").map_or(0, |r| r.items().len());
+        for i in 0..rule_count {
+            if let Some(rule) = self.rule(i, &plugin_names, &plugins, &sink_names, &sinks) {
+                rules.push(rule);
+            }
+        }
+        self.unused(&plugin_names, &sink_names, &sinks);
+
+        if self.r.error_count() > 0 {
+            return None;
+        }
+        Some(Config {
+            path: self.path.clone(),
+            broker: broker?,
+            http: http?,
+            plugins,
+            sinks: sinks.into_iter().map(|(k, v)| (k, v.config)).collect(),
+            rules,
+        })
+    }
+
+    // ----- helpers -------------------------------------------------------
+
+    fn span(&self, path: &[Seg]) -> Range<usize> {
+        self.root.span_at(path)
+    }
+
+    fn key_span(&self, path: &[Seg]) -> Range<usize> {
+        self.root.key_span_at(path)
+    }
+
+    /// The manifest's text of a value (quotes included): what messages
+    /// quote, since a resolved value may be a secret.
+    fn written(&self, path: &[Seg]) -> String {
+        let span = self.span(path);
+        self.r.text(&span).to_owned()
+    }
+
+    fn value_label(&self, path: &[Seg]) -> String {
+        value_label(path, &self.rule_names)
+    }
+
+    fn table_label(&self, path: &[Seg]) -> String {
+        table_label(path, &self.rule_names)
+    }
+
+    fn error(&mut self, path: &[Seg], message: impl Into<String>) -> &mut super::Diagnostic {
+        let span = self.span(path);
+        self.r.error(span, message)
+    }
+
+    /// Keys of a top-level table (all of them, broken entries included, so
+    /// that a reference to a broken entry is not reported a second time).
+    fn names(&self, section: &str) -> Vec<String> {
+        self.root
+            .get(section)
+            .map(|t| t.entries().iter().map(|e| e.key.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Deserializes one item of the cleaned tree.
+    fn item<T: DeserializeOwned + Default>(&mut self, path: &[Seg]) -> Option<T> {
+        match self.root.at(path) {
+            None => Some(T::default()),
+            Some(_) => self.present_item(path),
+        }
+    }
+
+    fn present_item<T: DeserializeOwned>(&mut self, path: &[Seg]) -> Option<T> {
+        let node = self.root.at(path)?;
+        match serde_json::from_value(node.to_json()) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                // Step one reported why; a failure it did not see is still
+                // reported, not swallowed.
+                if !self.bad_items.contains(path) {
+                    let label = self.table_label(path);
+                    self.error(path, format!("{label}: {e}"));
+                }
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &[Seg], text: &str) -> Option<Duration> {
+        match duration::parse(text) {
+            Ok(d) => Some(d),
+            Err(reason) => {
+                let what = self.value_label(path);
+                let written = self.written(path);
+                self.error(
+                    path,
+                    format!("{what} is not a duration: {written}: {reason}"),
+                )
+                .hint(duration::HINT);
+                None
+            }
+        }
+    }
+
+    fn at_least_one(
+        &mut self,
+        path: &[Seg],
+        value: Option<usize>,
+        default: usize,
+    ) -> Option<usize> {
+        match value {
+            Some(0) => {
+                let what = self.value_label(path);
+                self.error(path, format!("{what} must be at least 1"));
+                None
+            }
+            Some(v) => Some(v),
+            None => Some(default),
+        }
+    }
+
+    /// A path relative to the manifest's folder.
+    fn file_path(&self, written: &str) -> PathBuf {
+        self.dir.join(written)
+    }
+
+    /// Reports a file that does not exist, suggesting a close name from
+    /// the same folder.
+    fn missing_file(&mut self, path: &[Seg], what: &str, written: &str, extension: Option<&str>) {
+        let file = self.file_path(written);
+        let suggestion = close_file(&file, extension).map(|close| {
+            let shown = Path::new(written)
+                .parent()
+                .map(|p| p.join(&close))
+                .unwrap_or_else(|| PathBuf::from(&close));
+            format!("did you mean \"{}\"?", shown.display())
+        });
+        let d = self.error(path, format!("{what} \"{written}\" does not exist"));
+        d.hint(suggestion.unwrap_or_else(|| "paths are relative to the manifest's folder".into()));
+    }
+
+    fn warn_clear_password(&mut self, path: &[Seg]) {
+        let span = self.span(path);
+        if !secret::has_reference(self.r.text(&span)) {
+            let what = self.value_label(path);
+            let env = if path.first() == Some(&Seg::Key("broker".into())) {
+                "MQTT_PASSWORD".to_owned()
+            } else {
+                "OUT_PASSWORD".to_owned()
+            };
+            self.r
+                .warning(span, format!("{what} is written in clear"))
+                .hint(format!(
+                    "read it from the environment: password = \"${{env:{env}}}\""
+                ));
+        }
+    }
+
+    fn template(&mut self, path: &[Seg], text: &str) -> Option<Template> {
+        match Template::parse(text) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let what = self.value_label(path);
+                let span = self.span(path);
+                let at = template_error_span(self.r.text(&span), &span, text, &e);
+                self.r
+                    .error(at, format!("{what} is not a valid template: {e}"))
+                    .hint("variables are written ${name}; write $${ for a literal ${");
+                None
+            }
+        }
+    }
+
+    // ----- broker and http -----------------------------------------------
+
+    fn broker(&mut self) -> Option<BrokerConfig> {
+        let base = at!["broker"];
+        let spec: Broker = self.item(&base)?;
+        let mut ok = true;
+
+        let embedded = match &spec.embedded {
+            None => None,
+            Some(e) => {
+                let listen = self.socket_addr(&at!["broker", "embedded", "listen"], &e.listen);
+                let max = self.at_least_one(
+                    &at!["broker", "embedded", "max_connections"],
+                    Some(e.max_connections),
+                    1,
+                );
+                match (listen, max) {
+                    (Some(listen), Some(max_connections)) => Some(EmbeddedConfig {
+                        listen,
+                        max_connections,
+                    }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+
+        let endpoint = match &spec.url {
+            Some(url) => self.endpoint(&at!["broker", "url"], url),
+            None => Some(match &embedded {
+                // Subscribe to our own embedded broker.
+                Some(e) => Endpoint {
+                    host: if e.listen.ip().is_unspecified() {
+                        "127.0.0.1".to_owned()
+                    } else {
+                        e.listen.ip().to_string()
+                    },
+                    port: e.listen.port(),
+                    tls: false,
+                },
+                None => Endpoint {
+                    host: "127.0.0.1".to_owned(),
+                    port: MQTT_PORT,
+                    tls: false,
+                },
+            }),
+        };
+
+        let tls = match (&endpoint, &spec.tls) {
+            (Some(ep), Some(tls)) if !ep.tls => {
+                let span = self.key_span(&at!["broker", "tls"]);
+                self.r
+                    .error(span, "TLS files are set but the broker URL is not mqtts://")
+                    .hint("use an mqtts:// URL, or remove [broker.tls]");
+                ok = false;
+                None
+            }
+            (Some(ep), tls) if ep.tls => match tls {
+                None => Some(TlsConfig::default()),
+                Some(tls) => {
+                    let mut files = |key: &str,
+                                     written: &Option<String>|
+                     -> Option<Option<PathBuf>> {
+                        let Some(written) = written else {
+                            return Some(None);
+                        };
+                        let file = self.file_path(written);
+                        if file.is_file() {
+                            Some(Some(file))
+                        } else {
+                            self.missing_file(&at!["broker", "tls", key], "file", written, None);
+                            None
+                        }
+                    };
+                    let ca_file = files("ca_file", &tls.ca_file);
+                    let cert_file = files("cert_file", &tls.cert_file);
+                    let key_file = files("key_file", &tls.key_file);
+                    if tls.cert_file.is_some() != tls.key_file.is_some() {
+                        let span = self.span(&at!["broker", "tls"]);
+                        self.r
+                            .error(
+                                span,
+                                "[broker.tls] needs both cert_file and key_file, or neither",
+                            )
+                            .hint("mutual TLS takes a client certificate and its key");
+                        ok = false;
+                    }
+                    match (ca_file, cert_file, key_file) {
+                        (Some(ca_file), Some(cert_file), Some(key_file)) => Some(TlsConfig {
+                            ca_file,
+                            cert_file,
+                            key_file,
+                        }),
+                        _ => {
+                            ok = false;
+                            None
+                        }
+                    }
+                }
+            },
+            _ => None,
+        };
+
+        let client_id = match &spec.client_id {
+            Some(id) if id.is_empty() => {
+                self.error(
+                    &at!["broker", "client_id"],
+                    "\"client_id\" in [broker] cannot be empty",
+                )
+                .hint("a fixed, unique id per instance keeps its session across restarts");
+                ok = false;
+                String::new()
+            }
+            Some(id) => id.clone(),
+            None => default_client_id(),
+        };
+
+        if spec.password.is_some() {
+            self.warn_clear_password(&at!["broker", "password"]);
+            if spec.username.is_none() && spec.protocol == MqttProtocol::V311 {
+                self.error(
+                    &at!["broker", "password"],
+                    "a password needs a username in MQTT 3.1.1",
+                )
+                .hint("set username too, or use protocol = \"5\"");
+                ok = false;
+            }
+        }
+
+        let keep_alive = self.duration(&at!["broker", "keep_alive"], &spec.keep_alive.0);
+        if let Some(k) = keep_alive
+            && (k < Duration::from_secs(1) || k > Duration::from_secs(u16::MAX as u64))
+        {
+            self.error(
+                &at!["broker", "keep_alive"],
+                "\"keep_alive\" in [broker] must be between 1s and 65535s",
+            );
+            ok = false;
+        }
+        let reconnect_min = self.duration(&at!["broker", "reconnect_min"], &spec.reconnect_min.0);
+        let reconnect_max = self.duration(&at!["broker", "reconnect_max"], &spec.reconnect_max.0);
+        if let (Some(min), Some(max)) = (reconnect_min, reconnect_max) {
+            if min.is_zero() {
+                self.error(
+                    &at!["broker", "reconnect_min"],
+                    "\"reconnect_min\" in [broker] must be more than 0",
+                );
+                ok = false;
+            } else if min > max {
+                let path = if spec_has(self.root, &at!["broker", "reconnect_max"]) {
+                    at!["broker", "reconnect_max"]
+                } else {
+                    at!["broker", "reconnect_min"]
+                };
+                self.error(
+                    &path,
+                    "\"reconnect_max\" in [broker] is shorter than \"reconnect_min\"",
+                );
+                ok = false;
+            }
+        }
+
+        let endpoint = endpoint?;
+        if !ok {
+            return None;
+        }
+        Some(BrokerConfig {
+            host: endpoint.host,
+            port: endpoint.port,
+            tls,
+            client_id,
+            username: spec.username,
+            password: spec.password.map(Secret::new),
+            protocol: spec.protocol,
+            keep_alive: keep_alive?,
+            clean_session: spec.clean_session,
+            reconnect_min: reconnect_min?,
+            reconnect_max: reconnect_max?,
+            embedded,
+        })
+    }
+
+    fn endpoint(&mut self, path: &[Seg], url: &str) -> Option<Endpoint> {
+        match parse_url(url) {
+            Ok(ep) => Some(ep),
+            Err((reason, hint)) => {
+                let what = self.value_label(path);
+                let d = self.error(path, format!("{what} is not a broker URL: {reason}"));
+                d.hint(hint.unwrap_or("write mqtt://host:port or mqtts://host:port"));
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &[Seg], text: &str) -> Option<SocketAddr> {
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let what = self.value_label(path);
+                let written = self.written(path);
+                self.error(
+                    path,
+                    format!("{what} is not an address and port: {written}"),
+                )
+                .hint("write an IP address and a port, e.g. \"127.0.0.1:1883\" or \"[::1]:1883\"");
+                None
+            }
+        }
+    }
+
+    fn http(&mut self) -> Option<Option<SocketAddr>> {
+        let spec: Http = self.item(&at!["http"])?;
+        if !spec.enabled {
+            return Some(None);
+        }
+        self.socket_addr(&at!["http", "listen"], &spec.listen)
+            .map(Some)
+    }
+
+    // ----- plugins -------------------------------------------------------
+
+    fn plugin(&mut self, name: &str) -> Option<PluginConfig> {
+        let spec: PluginSpec = self.present_item(&at!["plugins", name])?;
+        let file_path = at!["plugins", name, "path"];
+        let mut limits = Limits::default();
+        let mut ok = true;
+        if let Some(mib) = spec.memory_mib {
+            if mib == 0 || mib > MAX_MEMORY_MIB {
+                let what = self.value_label(&at!["plugins", name, "memory_mib"]);
+                self.error(
+                    &at!["plugins", name, "memory_mib"],
+                    format!("{what} must be between 1 and {MAX_MEMORY_MIB}"),
+                );
+                ok = false;
+            } else {
+                limits.memory_cap_bytes = (mib as usize) << 20;
+            }
+        }
+        if let Some(deadline) = &spec.deadline {
+            let p = at!["plugins", name, "deadline"];
+            match self.duration(&p, &deadline.0) {
+                Some(d) if d.is_zero() => {
+                    let what = self.value_label(&p);
+                    self.error(&p, format!("{what} must be more than 0"));
+                    ok = false;
+                }
+                Some(d) => limits.batch_deadline = d,
+                None => ok = false,
+            }
+        }
+        if spec.path.trim().is_empty() {
+            let what = self.value_label(&file_path);
+            self.error(&file_path, format!("{what} cannot be empty"))
+                .hint("the plugin's .wasm file, relative to the manifest");
+            return None;
+        }
+        let file = self.file_path(&spec.path);
+        if !file.is_file() {
+            self.missing_file(
+                &file_path,
+                &format!("plugin \"{name}\": file"),
+                &spec.path,
+                Some("wasm"),
+            );
+            return None;
+        }
+        let plugin = match self.runtime.load(&file) {
+            Ok(p) => p,
+            Err(e) => {
+                let message = load_error(name, &spec.path, &e);
+                let d = self.error(&file_path, message);
+                if matches!(e, PluginError::Contract { .. }) {
+                    d.hint("a plugin is a component built with weir-sdk (or the C kit) for wasm32-wasip2");
+                }
+                return None;
+            }
+        };
+        ok.then(|| PluginConfig {
+            name: name.to_owned(),
+            path: file,
+            config: spec.config,
+            limits,
+            plugin,
+        })
+    }
+
+    // ----- sinks ---------------------------------------------------------
+
+    fn sink(
+        &mut self,
+        name: &str,
+        sink_names: &[String],
+        broker: Option<&BrokerConfig>,
+    ) -> Option<ResolvedSink> {
+        let base = at!["sinks", name];
+        let spec: SinkSpec = self.present_item(&base)?;
+        let mut templates = Vec::new();
+        let mut ok = true;
+        let driver_options = match &spec {
+            SinkSpec::Console(s) => &s.driver,
+            SinkSpec::File(s) => &s.driver,
+            SinkSpec::Mqtt(s) => &s.driver,
+            SinkSpec::Null(s) => &s.driver,
+        };
+        let driver = self.driver(name, driver_options, sink_names);
+        let sub = |key: &str| at!["sinks", name, key].to_vec();
+
+        let kind = match spec {
+            SinkSpec::Console(s) => {
+                let template = match &s.template {
+                    None => None,
+                    Some(text) => {
+                        let t = self.template(&sub("template"), text);
+                        if let Some(t) = &t {
+                            templates.push(TemplateUse {
+                                field: "template",
+                                template: t.clone(),
+                                path: sub("template"),
+                            });
+                        } else {
+                            ok = false;
+                        }
+                        t
+                    }
+                };
+                SinkKind::Console {
+                    format: s.format.unwrap_or(ConsoleFormat::Line),
+                    template,
+                }
+            }
+            SinkSpec::File(s) => {
+                if s.path.trim().is_empty() {
+                    let what = self.value_label(&sub("path"));
+                    self.error(&sub("path"), format!("{what} cannot be empty"));
+                    ok = false;
+                }
+                let max_file_bytes = match s.max_file_bytes {
+                    Some(0) => {
+                        let what = self.value_label(&sub("max_file_bytes"));
+                        self.error(&sub("max_file_bytes"), format!("{what} must be at least 1"));
+                        ok = false;
+                        0
+                    }
+                    Some(n) => n,
+                    None => DEFAULT_MAX_FILE_BYTES,
+                };
+                SinkKind::File {
+                    path: self.file_path(&s.path),
+                    max_file_bytes,
+                    max_files: s.max_files.unwrap_or(DEFAULT_MAX_FILES),
+                }
+            }
+            SinkSpec::Mqtt(s) => {
+                let topic = self.template(&sub("topic"), &s.topic);
+                if let Some(t) = &topic {
+                    if s.topic.is_empty() {
+                        let what = self.value_label(&sub("topic"));
+                        self.error(&sub("topic"), format!("{what} cannot be empty"));
+                        ok = false;
+                    } else if let Some(c) = wildcard_in_literal(&s.topic) {
+                        let what = self.value_label(&sub("topic"));
+                        self.error(&sub("topic"), format!("{what} contains the wildcard `{c}`"))
+                            .hint("a topic to publish to cannot contain + or #");
+                        ok = false;
+                    }
+                    templates.push(TemplateUse {
+                        field: "topic",
+                        template: t.clone(),
+                        path: sub("topic"),
+                    });
+                }
+                let payload = match &s.payload {
+                    None => None,
+                    Some(text) => {
+                        let t = self.template(&sub("payload"), text);
+                        match &t {
+                            Some(t) => templates.push(TemplateUse {
+                                field: "payload",
+                                template: t.clone(),
+                                path: sub("payload"),
+                            }),
+                            None => ok = false,
+                        }
+                        t
+                    }
+                };
+                let qos = s.qos.unwrap_or(0);
+                if !self.qos(&sub("qos"), qos) {
+                    ok = false;
+                }
+                if s.password.is_some() {
+                    self.warn_clear_password(&sub("password"));
+                }
+                let own = s.url.is_some()
+                    || s.client_id.is_some()
+                    || s.username.is_some()
+                    || s.password.is_some();
+                let own_broker = if own {
+                    let endpoint = match &s.url {
+                        Some(url) => self.endpoint(&sub("url"), url),
+                        None => None,
+                    };
+                    match (broker, &s.url, endpoint) {
+                        (_, Some(_), None) => {
+                            ok = false;
+                            None
+                        }
+                        (Some(main), url, endpoint) => {
+                            let mut b = main.clone();
+                            b.embedded = None;
+                            b.client_id = s
+                                .client_id
+                                .clone()
+                                .unwrap_or_else(|| format!("{}-out-{name}", main.client_id));
+                            if let Some(ep) = endpoint {
+                                b.host = ep.host;
+                                b.port = ep.port;
+                                b.tls = ep.tls.then(TlsConfig::default);
+                            }
+                            // Another broker gets no credentials of ours
+                            // unless they are written for it.
+                            if url.is_some() || s.username.is_some() || s.password.is_some() {
+                                b.username = s.username.clone();
+                                b.password = s.password.clone().map(Secret::new);
+                            }
+                            Some(b)
+                        }
+                        (None, _, _) => None,
+                    }
+                } else {
+                    None
+                };
+                SinkKind::Mqtt {
+                    topic: topic?,
+                    payload,
+                    qos,
+                    retain: s.retain.unwrap_or(false),
+                    broker: own_broker,
+                }
+            }
+            SinkSpec::Null(_) => SinkKind::Null,
+        };
+        let driver = driver?;
+        ok.then(|| ResolvedSink {
+            config: SinkConfig {
+                name: name.to_owned(),
+                driver,
+                kind,
+            },
+            templates,
+        })
+    }
+
+    fn driver(
+        &mut self,
+        name: &str,
+        d: &super::manifest::DriverOptions,
+        sink_names: &[String],
+    ) -> Option<DriverConfig> {
+        let p = |key: &str| at!["sinks", name, key].to_vec();
+        let mut ok = true;
+        let mut out = DriverConfig::default();
+        macro_rules! positive {
+            ($field:ident, $default:expr) => {
+                match self.at_least_one(&p(stringify!($field)), d.$field, $default) {
+                    Some(v) => out.$field = v,
+                    None => ok = false,
+                }
+            };
+        }
+        positive!(batch_size, DEFAULT_BATCH_SIZE);
+        positive!(max_batch_bytes, DEFAULT_MAX_BATCH_BYTES);
+        positive!(inflight_window, DEFAULT_INFLIGHT_WINDOW);
+        positive!(max_buffer_bytes, DEFAULT_MAX_BUFFER_BYTES);
+        if let Some(t) = &d.batch_time {
+            match self.duration(&p("batch_time"), &t.0) {
+                Some(t) => out.batch_time = t,
+                None => ok = false,
+            }
+        }
+        if let Some(ttl) = &d.request_ttl {
+            if ttl.trim() == "infinity" {
+                out.request_ttl = None;
+            } else {
+                match self.duration(&p("request_ttl"), ttl) {
+                    Some(t) if t.is_zero() => {
+                        let what = self.value_label(&p("request_ttl"));
+                        self.error(&p("request_ttl"), format!("{what} must be more than 0"))
+                            .hint("write \"infinity\" to never give up");
+                        ok = false;
+                    }
+                    Some(t) => out.request_ttl = Some(t),
+                    None => ok = false,
+                }
+            }
+        }
+        if let Some(mode) = d.query_mode {
+            out.query_mode = mode;
+        }
+        out.max_retries = d.max_retries;
+        out.undefined_vars_as_null = d.undefined_vars_as_null.unwrap_or(false);
+        if let Some(dead) = &d.dead_letter {
+            if dead == name {
+                let what = self.value_label(&p("dead_letter"));
+                self.error(
+                    &p("dead_letter"),
+                    format!("{what}: a sink cannot be its own dead letter"),
+                )
+                .hint("name another sink, e.g. a file sink");
+                ok = false;
+            } else if !self.sink_exists(&p("dead_letter"), dead, sink_names) {
+                ok = false;
+            }
+            out.dead_letter = Some(dead.clone());
+        }
+        ok.then_some(out)
+    }
+
+    /// Whether `name` is a sink; reports it at `path` when not.
+    fn sink_exists(&mut self, path: &[Seg], name: &str, sink_names: &[String]) -> bool {
+        if sink_names.iter().any(|s| s == name) {
+            return true;
+        }
+        let what = self.value_label(path);
+        let written = self.written(path);
+        let hint = match did_you_mean(name, sink_names.iter().map(String::as_str)) {
+            Some(close) => format!("did you mean \"{close}\"?"),
+            None if sink_names.is_empty() => {
+                "no sink is defined: add one as [sinks.<name>]".to_owned()
+            }
+            None => format!("defined sinks: {}", sink_names.join(", ")),
+        };
+        self.error(
+            path,
+            format!("{what} names sink {written}, which is not defined"),
+        )
+        .hint(hint);
+        false
+    }
+
+    /// `a → b → a`: each cycle once, at the `dead_letter` of its first
+    /// sink by name. (A sink naming itself is reported by `driver`.)
+    fn dead_letter_cycles(&mut self, sinks: &BTreeMap<String, ResolvedSink>) {
+        let next =
+            |name: &str| -> Option<&str> { sinks.get(name)?.config.driver.dead_letter.as_deref() };
+        let mut reported: BTreeSet<String> = BTreeSet::new();
+        for start in sinks.keys() {
+            let mut chain = vec![start.as_str()];
+            let mut at = start.as_str();
+            while let Some(n) = next(at) {
+                if n == at {
+                    break;
+                }
+                if let Some(pos) = chain.iter().position(|c| *c == n) {
+                    let cycle: Vec<&str> = chain[pos..].to_vec();
+                    let first = *cycle.iter().min().expect("a cycle has members");
+                    if cycle.len() > 1 && reported.insert(first.to_owned()) {
+                        let from = cycle.iter().position(|c| *c == first).expect("member");
+                        let mut shown: Vec<&str> = cycle[from..]
+                            .iter()
+                            .chain(&cycle[..from])
+                            .copied()
+                            .collect();
+                        shown.push(first);
+                        self.error(
+                            &at!["sinks", first, "dead_letter"],
+                            format!("dead letters go round in a circle: {}", shown.join(" → ")),
+                        )
+                        .hint("the last sink of a dead-letter chain must have no dead_letter");
+                    }
+                    break;
+                }
+                chain.push(n);
+                at = n;
+            }
+        }
+    }
+
+    fn qos(&mut self, path: &[Seg], qos: u8) -> bool {
+        match qos {
+            0 | 1 => true,
+            2 => {
+                let what = self.value_label(path);
+                self.error(path, format!("{what}: QoS 2 is not supported"))
+                    .hint("use 1: weir acknowledges a message only after every sink has accepted it, which is at-least-once end to end");
+                false
+            }
+            _ => {
+                let what = self.value_label(path);
+                self.error(path, format!("{what} must be 0 or 1, not {qos}"));
+                false
+            }
+        }
+    }
+
+    // ----- rules ---------------------------------------------------------
+
+    fn unique_rule_names(&mut self) {
+        let mut first: BTreeMap<String, usize> = BTreeMap::new();
+        for i in 0..self.rule_names.len() {
+            let Some(name) = self.rule_names[i].clone() else {
+                continue;
+            };
+            let name_path = at!["rules", i, "name"];
+            if name.trim().is_empty() {
+                self.error(&name_path, format!("rule #{} has an empty name", i + 1))
+                    .hint("every rule needs a unique name: it labels its logs and metrics");
+                continue;
+            }
+            match first.get(&name) {
+                Some(&earlier) => {
+                    let (line, _) = self
+                        .r
+                        .line_column(self.span(&at!["rules", earlier, "name"]).start);
+                    self.error(&name_path, format!("two rules are named \"{name}\""))
+                        .hint(format!(
+                            "the first is at line {line}; rule names must be unique"
+                        ));
+                }
+                None => {
+                    first.insert(name, i);
+                }
+            }
+        }
+    }
+
+    fn rule(
+        &mut self,
+        i: usize,
+        plugin_names: &[String],
+        plugins: &BTreeMap<String, PluginConfig>,
+        sink_names: &[String],
+        sinks: &BTreeMap<String, ResolvedSink>,
+    ) -> Option<RuleConfig> {
+        let base = at!["rules", i];
+        let spec: RuleSpec = self.present_item(&base)?;
+        let p = |key: &str| at!["rules", i, key].to_vec();
+        let label = self.table_label(&base);
+        let mut ok = true;
+
+        if spec.from.is_empty() {
+            self.error(&p("from"), format!("\"from\" in {label} is empty"))
+                .hint(
+                    "list at least one topic filter, e.g. from = [\"devices/{device}/temp_hum\"]",
+                );
+            ok = false;
+        }
+        let mut filters = Vec::new();
+        for (j, text) in spec.from.iter().enumerate() {
+            let fp = at!["rules", i, "from", j];
+            match TopicFilter::parse(text) {
+                Ok(f) => filters.push((f, fp.to_vec())),
+                Err(e) => {
+                    let written = self.written(&fp);
+                    self.error(&fp, format!("topic filter {written} in {label}: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        ok &= self.qos(&p("qos"), spec.qos);
+        if let Some(group) = &spec.share_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            let what = self.value_label(&p("share_group"));
+            self.error(
+                &p("share_group"),
+                format!("{what} must be a non-empty name without /, + or #"),
+            );
+            ok = false;
+        }
+        let max_payload_bytes = self.at_least_one(
+            &p("max_payload_bytes"),
+            spec.max_payload_bytes,
+            DEFAULT_MAX_PAYLOAD_BYTES,
+        );
+        let queue_size = self.at_least_one(&p("queue_size"), spec.queue_size, DEFAULT_QUEUE_SIZE);
+        let backpressure = spec.backpressure.unwrap_or(Backpressure::Block);
+        if backpressure != Backpressure::Block && spec.qos != 0 {
+            let what = self.value_label(&p("backpressure"));
+            let written = self.written(&p("backpressure"));
+            self.error(&p("backpressure"), format!("{what} is {written}, which needs qos = 0"))
+                .hint("a QoS 1 message is never dropped: use \"block\" (the broker then holds messages back), or qos = 0");
+            ok = false;
+        }
+
+        let steps = self.steps(i, &spec.steps, plugin_names, plugins);
+        ok &= steps.is_some();
+
+        if spec.to.is_empty() {
+            self.error(&p("to"), format!("\"to\" in {label} is empty"))
+                .hint("list the sinks the results go to, e.g. to = [\"console\"]");
+            ok = false;
+        }
+        let mut seen = BTreeSet::new();
+        for (j, sink) in spec.to.iter().enumerate() {
+            let tp = at!["rules", i, "to", j];
+            if !self.sink_exists(&tp, sink, sink_names) {
+                ok = false;
+            } else if !seen.insert(sink.as_str()) {
+                let written = self.written(&tp);
+                self.error(
+                    &tp,
+                    format!("sink {written} is listed twice in \"to\" of {label}"),
+                );
+                ok = false;
+            }
+        }
+        if let Some(errors) = &spec.errors {
+            ok &= self.sink_exists(&p("errors"), errors, sink_names);
+        }
+
+        // Template variables of the sinks this rule writes to, against the
+        // rule's captures. Only when every filter parsed: otherwise the
+        // captures are not known.
+        if filters.len() == spec.from.len() && !filters.is_empty() {
+            let no_json = spec.format == PayloadFormat::Raw && spec.steps.is_empty();
+            for sink in &spec.to {
+                if let Some(resolved) = sinks.get(sink) {
+                    ok &= self.check_variables(
+                        &spec.name,
+                        &filters,
+                        no_json,
+                        sink,
+                        &resolved.templates,
+                    );
+                }
+            }
+        }
+
+        let steps = steps?;
+        if !ok {
+            return None;
+        }
+        Some(RuleConfig {
+            name: spec.name,
+            filters: filters.into_iter().map(|(f, _)| f).collect(),
+            qos: spec.qos,
+            share_group: spec.share_group,
+            format: spec.format,
+            max_payload_bytes: max_payload_bytes?,
+            steps,
+            to: spec.to,
+            errors: spec.errors,
+            backpressure,
+            queue_size: queue_size?,
+        })
+    }
+
+    fn steps(
+        &mut self,
+        i: usize,
+        specs: &[StepSpec],
+        plugin_names: &[String],
+        plugins: &BTreeMap<String, PluginConfig>,
+    ) -> Option<Vec<StepConfig>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (j, step) in specs.iter().enumerate() {
+            let sp = at!["rules", i, "steps", j];
+            let (name, overrides, name_path) = match step {
+                StepSpec::Plugin(name) => (name, None, sp.to_vec()),
+                StepSpec::WithConfig { plugin, config } => (
+                    plugin,
+                    Some(config),
+                    at!["rules", i, "steps", j, "plugin"].to_vec(),
+                ),
+            };
+            let step_label = self.table_label(&sp);
+            if !plugin_names.iter().any(|p| p == name) {
+                let written = self.written(&name_path);
+                let hint = match did_you_mean(name, plugin_names.iter().map(String::as_str)) {
+                    Some(close) => format!("did you mean \"{close}\"?"),
+                    None if plugin_names.is_empty() => {
+                        "no plugin is defined: add one as [plugins.<name>] path = \"….wasm\""
+                            .to_owned()
+                    }
+                    None => format!("defined plugins: {}", plugin_names.join(", ")),
+                };
+                self.error(
+                    &name_path,
+                    format!("{step_label} names plugin {written}, which is not defined"),
+                )
+                .hint(hint);
+                ok = false;
+                continue;
+            }
+            // A plugin that failed to load was reported at its [plugins] entry.
+            let Some(plugin) = plugins.get(name) else {
+                ok = false;
+                continue;
+            };
+            let mut config = plugin.config.clone();
+            if let Some(overrides) = overrides {
+                config.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            // `instantiate` checks the keys against what the plugin accepts
+            // and runs its `init`: exactly what `weir run` will do.
+            if let Err(e) = plugin.plugin.instantiate(name, &config, plugin.limits) {
+                ok = false;
+                match &e {
+                    PluginError::UnknownConfigKey {
+                        key,
+                        suggestion,
+                        accepted,
+                        ..
+                    } => {
+                        // Point at the key where it is written: the step's
+                        // config, else the plugin's.
+                        let in_step = overrides.is_some_and(|o| o.contains_key(key));
+                        let key_path = if in_step {
+                            at!["rules", i, "steps", j, "config", key.as_str()].to_vec()
+                        } else {
+                            at!["plugins", name.as_str(), "config", key.as_str()].to_vec()
+                        };
+                        let span = self.key_span(&key_path);
+                        let hint = match suggestion {
+                            Some(s) => format!("did you mean \"{s}\"? it accepts: {accepted}"),
+                            None => format!("it accepts: {accepted}"),
+                        };
+                        self.r
+                            .error(
+                                span,
+                                format!(
+                                    "plugin \"{name}\" does not accept config key \"{key}\" ({step_label})"
+                                ),
+                            )
+                            .hint(hint);
+                    }
+                    PluginError::InitRefused { reason, .. } => {
+                        self.error(
+                            &sp,
+                            format!("{step_label}: plugin \"{name}\" refused its config: {reason}"),
+                        );
+                    }
+                    other => {
+                        self.error(&sp, format!("{step_label}: {other}"));
+                    }
+                }
+                continue;
+            }
+            out.push(StepConfig {
+                plugin: name.clone(),
+                config,
+            });
+        }
+        ok.then_some(out)
+    }
+
+    /// See the module doc of `config`: a `${name}` that is neither a builtin
+    /// nor a capture of every filter is a payload path, unless it can only
+    /// have been meant as a capture.
+    fn check_variables(
+        &mut self,
+        rule: &str,
+        filters: &[(TopicFilter, Vec<Seg>)],
+        no_json: bool,
+        sink: &str,
+        uses: &[TemplateUse],
+    ) -> bool {
+        let all: BTreeSet<&str> = filters
+            .iter()
+            .flat_map(|(f, _)| f.capture_names())
+            .collect();
+        let mut ok = true;
+        for u in uses {
+            for var in u.template.variables() {
+                let Variable::Name(name) = var else {
+                    continue;
+                };
+                if name.contains('.') || BUILTINS.contains(&name.as_str()) {
+                    continue;
+                }
+                let what = format!("${{{name}}} in \"{}\" of sink \"{sink}\"", u.field);
+                let span = self.span(&u.path);
+                if all.contains(name.as_str()) {
+                    // (c) a capture of some filters only.
+                    if let Some((missing, fp)) = filters
+                        .iter()
+                        .find(|(f, _)| !f.capture_names().any(|c| c == name))
+                    {
+                        let (line, _) = self.r.line_column(self.span(fp).start);
+                        self.r
+                            .error(
+                                span,
+                                format!(
+                                    "{what} is undefined for messages of rule \"{rule}\" from filter \"{}\"",
+                                    missing.as_written()
+                                ),
+                            )
+                            .hint(format!(
+                                "only some filters of rule \"{rule}\" capture {{{name}}}; add it to the filter at line {line}, or split the rule"
+                            ));
+                        ok = false;
+                    }
+                    continue;
+                }
+                let close = all
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        let d = strsim::levenshtein(name, c);
+                        d <= 2 && d < c.len()
+                    })
+                    .min_by_key(|c| strsim::levenshtein(name, c));
+                if no_json {
+                    // (b) no JSON and no plugin fields: only a capture can
+                    // give it a value.
+                    let hint = match close {
+                        Some(c) => format!("did you mean capture \"{c}\"?"),
+                        None => format!(
+                            "rule \"{rule}\" has format = \"raw\" and no steps, so ${{{name}}} can only be a capture: write {{{name}}} as a level of its filter"
+                        ),
+                    };
+                    self.r
+                        .error(
+                            span,
+                            format!(
+                                "{what}: no filter of rule \"{rule}\" defines capture \"{name}\""
+                            ),
+                        )
+                        .hint(hint);
+                    ok = false;
+                } else if let Some(c) = close {
+                    // (a) a near miss of a capture.
+                    self.r
+                        .error(
+                            span,
+                            format!("{what} is not a capture of rule \"{rule}\" (it would be read from the payload)"),
+                        )
+                        .hint(format!("did you mean capture \"{c}\"? write ${{{c}}}"));
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    fn unused(
+        &mut self,
+        plugin_names: &[String],
+        sink_names: &[String],
+        sinks: &BTreeMap<String, ResolvedSink>,
+    ) {
+        let rules = self.root.get("rules").map(Node::items).unwrap_or_default();
+        let mut used_plugins = BTreeSet::new();
+        let mut used_sinks = BTreeSet::new();
+        for rule in rules {
+            for step in rule.get("steps").map(Node::items).unwrap_or_default() {
+                if let Some(name) = step
+                    .as_str()
+                    .or_else(|| step.get("plugin").and_then(Node::as_str))
+                {
+                    used_plugins.insert(name.to_owned());
+                }
+            }
+            for sink in rule.get("to").map(Node::items).unwrap_or_default() {
+                if let Some(s) = sink.as_str() {
+                    used_sinks.insert(s.to_owned());
+                }
+            }
+            if let Some(s) = rule.get("errors").and_then(Node::as_str) {
+                used_sinks.insert(s.to_owned());
+            }
+        }
+        for s in sinks.values() {
+            if let Some(d) = &s.config.driver.dead_letter {
+                used_sinks.insert(d.clone());
+            }
+        }
+        if rules.is_empty() && self.r.error_count() == 0 {
+            self.r
+                .warning(
+                    0..0,
+                    "the manifest has no rules: weir would subscribe to nothing",
+                )
+                .hint("add a [[rules]] table with name, from and to");
+        }
+        for name in plugin_names {
+            if !used_plugins.contains(name) {
+                let span = self.key_span(&at!["plugins", name.as_str()]);
+                self.r
+                    .warning(span, format!("plugin \"{name}\" is not used by any rule"));
+            }
+        }
+        for name in sink_names {
+            if !used_sinks.contains(name) {
+                let span = self.key_span(&at!["sinks", name.as_str()]);
+                self.r
+                    .warning(span, format!("sink \"{name}\" is not used by any rule"));
+            }
+        }
+    }
+}
+
+/// Whether the manifest writes a value at `path` (rather than a default).
+fn spec_has(root: &Node, path: &[Seg]) -> bool {
+    root.at(path).is_some()
+}
+
+/// Host, port and TLS of a broker URL.
+struct Endpoint {
+    host: String,
+    port: u16,
+    tls: bool,
+}
+
+/// Parses `mqtt://host[:port]` / `mqtts://host[:port]`. Errors never quote
+/// the URL (it may come from the environment and hold a password).
+fn parse_url(text: &str) -> Result<Endpoint, (String, Option<&'static str>)> {
+    let url = url::Url::parse(text.trim()).map_err(|e| (e.to_string(), None))?;
+    let (default_port, tls) = match url.scheme() {
+        "mqtt" => (MQTT_PORT, false),
+        "mqtts" => (MQTTS_PORT, true),
+        "tcp" => {
+            return Err((
+                "the scheme is tcp://".into(),
+                Some("EMQX's tcp:// is written mqtt:// here"),
+            ));
+        }
+        "ssl" | "tls" => {
+            return Err((
+                format!("the scheme is {}://", url.scheme()),
+                Some("TLS connections are written mqtts://"),
+            ));
+        }
+        "ws" | "wss" => {
+            return Err((
+                "MQTT over WebSocket is not supported".into(),
+                Some("connect to the broker's TCP listener: mqtt:// or mqtts://"),
+            ));
+        }
+        other => {
+            return Err((
+                format!("the scheme is {other}://, not mqtt:// or mqtts://"),
+                None,
+            ));
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err((
+            "it holds credentials".into(),
+            Some("set username and password (e.g. password = \"${env:MQTT_PASSWORD}\") instead"),
+        ));
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        _ => return Err(("it has no host".into(), None)),
+    };
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(("it has a path, query or fragment".into(), None));
+    }
+    let port = url.port().unwrap_or(default_port);
+    if port == 0 {
+        return Err(("port 0 is not a port".into(), None));
+    }
+    Ok(Endpoint { host, port, tls })
+}
+
+/// `weir-<hostname>`: unique per machine, and stable across restarts so a
+/// persistent session is found again.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(h) => format!("weir-{h}"),
+        None => "weir".to_owned(),
+    }
+}
+
+/// `+` or `#` in the literal text of a topic template.
+fn wildcard_in_literal(template: &str) -> Option<char> {
+    let mut depth = false;
+    let mut chars = template.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '$' if chars.peek().map(|(_, c)| *c) == Some('{') => depth = true,
+            '}' if depth => depth = false,
+            '+' | '#' if !depth => return Some(c),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A plugin load error, naming the file as written in the manifest (the
+/// engine's own message names the absolute path).
+fn load_error(name: &str, written: &str, e: &PluginError) -> String {
+    match e {
+        PluginError::Read { cause, .. } => {
+            format!("plugin \"{name}\": cannot read \"{written}\": {cause}")
+        }
+        PluginError::Contract { cause, .. } => {
+            format!("plugin \"{name}\": \"{written}\" is {cause}")
+        }
+        PluginError::Compile { cause, .. } => {
+            format!("plugin \"{name}\": cannot compile \"{written}\": {cause:#}")
+        }
+        PluginError::Link { cause, .. } => {
+            format!("plugin \"{name}\": cannot link \"{written}\": {cause:#}")
+        }
+        other => format!("plugin \"{name}\": {other}"),
+    }
+}
+
+/// The closest file name to `file`'s in its folder, if one is close.
+fn close_file(file: &Path, extension: Option<&str>) -> Option<String> {
+    let wanted = file.file_name()?.to_str()?;
+    let names: Vec<String> = std::fs::read_dir(file.parent()?)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| extension.is_none_or(|x| Path::new(n).extension().is_some_and(|e| e == x)))
+        .collect();
+    did_you_mean(wanted, names.iter().map(String::as_str)).map(str::to_owned)
+}
+
+/// Where in the file a template error is: exact when the string is written
+/// without escapes (the usual case), else the string itself.
+fn template_error_span(
+    written: &str,
+    span: &Range<usize>,
+    value: &str,
+    e: &TemplateError,
+) -> Range<usize> {
+    let offset = match e {
+        TemplateError::Unterminated { offset }
+        | TemplateError::EmptyName { offset }
+        | TemplateError::BadPath { offset, .. } => *offset,
+    };
+    let quote = written.chars().next();
+    let body = written.get(1..written.len().saturating_sub(1));
+    if matches!(quote, Some('"' | '\'')) && body == Some(value) {
+        let at = span.start + 1 + offset;
+        at..at + 2
+    } else {
+        span.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_take_their_default_port_from_the_scheme() {
+        let ep = parse_url("mqtt://broker.local").unwrap();
+        assert_eq!(
+            (ep.host.as_str(), ep.port, ep.tls),
+            ("broker.local", 1883, false)
+        );
+        let ep = parse_url("mqtts://broker.local/").unwrap();
+        assert_eq!((ep.port, ep.tls), (8883, true));
+        let ep = parse_url("mqtt://10.0.0.2:11883").unwrap();
+        assert_eq!((ep.host.as_str(), ep.port), ("10.0.0.2", 11883));
+        let ep = parse_url("mqtt://[::1]:1884").unwrap();
+        assert_eq!((ep.host.as_str(), ep.port), ("::1", 1884));
+    }
+
+    #[test]
+    fn bad_broker_urls_are_refused_without_quoting_them() {
+        for (url, reason) in [
+            ("tcp://h:1883", "the scheme is tcp://"),
+            ("ssl://h", "the scheme is ssl://"),
+            ("ws://h", "MQTT over WebSocket is not supported"),
+            ("http://h", "the scheme is http://, not mqtt:// or mqtts://"),
+            ("mqtt://", "it has no host"),
+            ("mqtt://u:secret@h", "it holds credentials"),
+            ("mqtt://h/topic", "it has a path, query or fragment"),
+            ("mqtt://h:0", "port 0 is not a port"),
+        ] {
+            let (got, _) = parse_url(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} accepted"));
+            assert_eq!(got, reason, "{url}");
+            assert!(!got.contains("secret"));
+        }
+        assert!(parse_url("localhost:1883").is_err());
+    }
+
+    #[test]
+    fn wildcards_count_only_in_the_literal_text_of_a_topic() {
+        assert_eq!(wildcard_in_literal("alerts/${device}"), None);
+        assert_eq!(wildcard_in_literal("alerts/+/x"), Some('+'));
+        assert_eq!(wildcard_in_literal("alerts/#"), Some('#'));
+        assert_eq!(wildcard_in_literal("a/${x}/b#"), Some('#'));
+    }
+
+    #[test]
+    fn template_errors_point_inside_a_plain_string() {
+        let e = TemplateError::Unterminated { offset: 3 };
+        // `topic = "ab/${x"` with the string at 8..16.
+        assert_eq!(
+            template_error_span("\"ab/${x\"", &(8..16), "ab/${x", &e),
+            12..14
+        );
+        // An escape shifts offsets: point at the whole string instead.
+        assert_eq!(
+            template_error_span("\"\\u0041/${x\"", &(8..20), "A/${x", &e),
+            8..20
+        );
+    }
+}

@@ -1,0 +1,625 @@
+//! The one template engine every sink uses: `${...}` placeholders in topics,
+//! payloads, console lines and (later) SQL statements.
+//!
+//! A template is parsed once ([`Template::parse`]) and rendered per message
+//! ([`Template::render`]). Syntax:
+//!
+//! - `${name}` or `${name.path.0.x}`: a variable (see below). A name is any
+//!   run of characters other than `.`, `}`, `$`, `{` and whitespace; dots
+//!   separate path segments; an all-digit segment also indexes arrays.
+//! - `$${` renders as a literal `${` (the only escape). A `$` that is not
+//!   followed by `{` is literal text, so `$$5` and `cost: $` need no escape.
+//!
+//! Resolution, in this order (what EMQX users expect when they write
+//! `${temp}` for a payload field):
+//!
+//! 1. builtins: `topic`, `ts` (milliseconds since the epoch), `qos`,
+//!    `clientid` (the field named `clientid` if there is one: an MQTT
+//!    subscriber never sees the publisher's client id), `payload` (the whole
+//!    payload: the decoded JSON when the caller gives it, else the raw text)
+//!    and `payload.<path>` (a path into the decoded JSON);
+//! 2. a message field (topic capture or plugin-set field) whose name is the
+//!    whole text between the braces;
+//! 3. the payload path `name.rest` in the decoded JSON.
+//!
+//! Anything else is undefined: [`Template::render`] returns [`Undefined`] and
+//! the caller decides whether that is an error or a NULL (EMQX's
+//! `undefined_vars_as_null`; [`Template::render_or_null`] is the NULL side).
+//!
+//! What this module must never do: escape. Literal text is copied as is and
+//! every substituted value goes through the caller's `escape` function, so
+//! SQL, JSON and topic rendering each own their quoting rules.
+//! [`plain`] is the escape for text that needs none.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::message::Message;
+
+/// A parsed template.
+#[derive(Clone)]
+pub struct Template {
+    source: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug)]
+enum Part {
+    /// Text copied as is (`$${` already turned into `${`).
+    Literal(String),
+    /// A placeholder.
+    Var {
+        variable: Variable,
+        /// The text between the braces, for error messages.
+        text: String,
+        /// For [`Variable::Name`]: the payload path to fall back on.
+        path: Vec<String>,
+    },
+}
+
+/// A placeholder of a template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Variable {
+    /// `${topic}`.
+    Topic,
+    /// `${ts}`: milliseconds since the Unix epoch.
+    Ts,
+    /// `${qos}`.
+    Qos,
+    /// `${clientid}`: the field named `clientid`, if any.
+    ClientId,
+    /// `${payload}` (empty path) or `${payload.a.0.b}`.
+    Payload(Vec<String>),
+    /// `${device}`, `${temp.x}`: a field named by the whole text, else that
+    /// path into the payload.
+    Name(String),
+}
+
+/// A template that cannot be parsed. Offsets are byte offsets into the
+/// template text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `${` without a closing `}`.
+    #[error("unterminated `${{` at byte {offset}")]
+    Unterminated {
+        /// Where the `${` starts.
+        offset: usize,
+    },
+    /// `${}`.
+    #[error("empty variable name at byte {offset}")]
+    EmptyName {
+        /// Where the `${` starts.
+        offset: usize,
+    },
+    /// A name or path that is not allowed, e.g. `${a..b}` or `${topic.x}`.
+    #[error("bad variable `${{{text}}}` at byte {offset}: {reason}")]
+    BadPath {
+        /// Where the `${` starts.
+        offset: usize,
+        /// The text between the braces.
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// What a variable resolved to, handed to the caller's escape function.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    /// Text: the topic, a field, the raw payload.
+    Str(&'a str),
+    /// A JSON value from the payload (strings included: the escape decides
+    /// whether to quote them).
+    Json(&'a serde_json::Value),
+    /// `${ts}` and `${qos}`.
+    Int(i64),
+    /// An undefined variable rendered by [`Template::render_or_null`].
+    Null,
+}
+
+/// A variable that resolved to nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undefined {
+    /// The text between the braces.
+    pub variable: String,
+}
+
+impl fmt::Display for Undefined {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "variable ${{{}}} is undefined", self.variable)
+    }
+}
+
+impl std::error::Error for Undefined {}
+
+/// The escape for plain text: strings (JSON strings included) as they are,
+/// other JSON values compact, integers in decimal, NULL as `null`.
+pub fn plain(value: Value<'_>, out: &mut String) {
+    match value {
+        Value::Str(s) => out.push_str(s),
+        Value::Json(serde_json::Value::String(s)) => out.push_str(s),
+        Value::Json(json) => {
+            use fmt::Write as _;
+            let _ = write!(out, "{json}");
+        }
+        Value::Int(i) => {
+            use fmt::Write as _;
+            let _ = write!(out, "{i}");
+        }
+        Value::Null => out.push_str("null"),
+    }
+}
+
+impl Template {
+    /// Parses a template. See the module doc for the syntax.
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        let mut copied = 0;
+        while i < bytes.len() {
+            if bytes[i] != b'$' {
+                i += 1;
+                continue;
+            }
+            // `$${` → literal `${`.
+            if bytes[i..].starts_with(b"$${") {
+                literal.push_str(&text[copied..i]);
+                literal.push_str("${");
+                i += 3;
+                copied = i;
+                continue;
+            }
+            if !bytes[i..].starts_with(b"${") {
+                i += 1;
+                continue;
+            }
+            literal.push_str(&text[copied..i]);
+            let offset = i;
+            let start = i + 2;
+            let end = text[start..]
+                .find('}')
+                .map(|e| start + e)
+                .ok_or(TemplateError::Unterminated { offset })?;
+            let inner = &text[start..end];
+            let (variable, path) = parse_variable(inner, offset)?;
+            if !literal.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut literal)));
+            }
+            parts.push(Part::Var {
+                variable,
+                text: inner.to_owned(),
+                path,
+            });
+            i = end + 1;
+            copied = i;
+        }
+        literal.push_str(&text[copied..]);
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Ok(Template {
+            source: text.to_owned(),
+            parts,
+        })
+    }
+
+    /// The text the template was parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The variables, in order of appearance.
+    pub fn variables(&self) -> impl Iterator<Item = &Variable> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var { variable, .. } => Some(variable),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Whether rendering may look into the payload's JSON, i.e. whether the
+    /// caller should decode the payload before rendering.
+    pub fn uses_json(&self) -> bool {
+        self.variables()
+            .any(|v| matches!(v, Variable::Payload(_) | Variable::Name(_)))
+    }
+
+    /// Whether the template has no variables (it renders to its literal text).
+    pub fn is_literal(&self) -> bool {
+        self.variables().next().is_none()
+    }
+
+    /// Renders with `escape` applied to each substituted value; literal text
+    /// is copied as is. `json` is the message's decoded payload, if the
+    /// caller decoded it. On an undefined variable, `out` holds a partial
+    /// rendering.
+    pub fn render(
+        &self,
+        msg: &Message,
+        json: Option<&serde_json::Value>,
+        escape: &mut dyn FnMut(Value<'_>, &mut String),
+        out: &mut String,
+    ) -> Result<(), Undefined> {
+        self.render_inner(msg, json, escape, out, false)
+    }
+
+    /// Like [`render`](Self::render), but an undefined variable is rendered
+    /// as `escape(Value::Null)` instead of failing (`undefined_vars_as_null`).
+    pub fn render_or_null(
+        &self,
+        msg: &Message,
+        json: Option<&serde_json::Value>,
+        escape: &mut dyn FnMut(Value<'_>, &mut String),
+        out: &mut String,
+    ) {
+        let rendered = self.render_inner(msg, json, escape, out, true);
+        debug_assert!(rendered.is_ok());
+    }
+
+    /// Renders with [`plain`] escaping into a new string.
+    pub fn render_plain(
+        &self,
+        msg: &Message,
+        json: Option<&serde_json::Value>,
+    ) -> Result<String, Undefined> {
+        let mut out = String::new();
+        self.render(msg, json, &mut plain, &mut out)?;
+        Ok(out)
+    }
+
+    fn render_inner(
+        &self,
+        msg: &Message,
+        json: Option<&serde_json::Value>,
+        escape: &mut dyn FnMut(Value<'_>, &mut String),
+        out: &mut String,
+        null_undefined: bool,
+    ) -> Result<(), Undefined> {
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Var {
+                    variable,
+                    text,
+                    path,
+                } => {
+                    let resolved =
+                        resolve(variable, path, msg, json, &mut |value| escape(value, out));
+                    if !resolved {
+                        if null_undefined {
+                            escape(Value::Null, out);
+                        } else {
+                            return Err(Undefined {
+                                variable: text.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves one variable and hands its value to `emit`; false if undefined.
+fn resolve(
+    variable: &Variable,
+    path: &[String],
+    msg: &Message,
+    json: Option<&serde_json::Value>,
+    emit: &mut dyn FnMut(Value<'_>),
+) -> bool {
+    match variable {
+        Variable::Topic => emit(Value::Str(&msg.topic)),
+        Variable::Ts => emit(Value::Int(msg.timestamp_ms)),
+        Variable::Qos => emit(Value::Int(i64::from(msg.qos))),
+        Variable::ClientId => match msg.fields.get("clientid") {
+            Some(id) => emit(Value::Str(id)),
+            None => return false,
+        },
+        Variable::Payload(path) if path.is_empty() => match json {
+            Some(json) => emit(Value::Json(json)),
+            None => {
+                let text: Cow<'_, str> = String::from_utf8_lossy(&msg.payload);
+                emit(Value::Str(&text))
+            }
+        },
+        Variable::Payload(path) => match json.and_then(|j| lookup(j, path)) {
+            Some(value) => emit(Value::Json(value)),
+            None => return false,
+        },
+        Variable::Name(name) => {
+            if let Some(field) = msg.fields.get(name) {
+                emit(Value::Str(field));
+            } else {
+                match json.and_then(|j| lookup(j, path)) {
+                    Some(value) => emit(Value::Json(value)),
+                    None => return false,
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Follows `path` into `json`: object keys, and array indexes for all-digit
+/// segments.
+fn lookup<'j>(json: &'j serde_json::Value, path: &[String]) -> Option<&'j serde_json::Value> {
+    path.iter().try_fold(json, |node, segment| match node {
+        serde_json::Value::Object(map) => map.get(segment),
+        serde_json::Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+fn parse_variable(inner: &str, offset: usize) -> Result<(Variable, Vec<String>), TemplateError> {
+    let bad = |reason| TemplateError::BadPath {
+        offset,
+        text: inner.to_owned(),
+        reason,
+    };
+    if inner.is_empty() {
+        return Err(TemplateError::EmptyName { offset });
+    }
+    if inner
+        .chars()
+        .any(|c| c.is_whitespace() || c == '$' || c == '{')
+    {
+        return Err(bad("names contain no whitespace, `$` or `{`"));
+    }
+    let segments: Vec<&str> = inner.split('.').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(bad("empty path segment"));
+    }
+    let rest = || segments[1..].iter().map(|s| (*s).to_owned()).collect();
+    let builtin = |v: Variable| {
+        if segments.len() > 1 {
+            Err(bad("this builtin has no fields"))
+        } else {
+            Ok((v, Vec::new()))
+        }
+    };
+    match segments[0] {
+        "topic" => builtin(Variable::Topic),
+        "ts" => builtin(Variable::Ts),
+        "qos" => builtin(Variable::Qos),
+        "clientid" => builtin(Variable::ClientId),
+        "payload" => Ok((Variable::Payload(rest()), Vec::new())),
+        _ => Ok((
+            Variable::Name(inner.to_owned()),
+            segments.iter().map(|s| (*s).to_owned()).collect(),
+        )),
+    }
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Template").field(&self.source).finish()
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl PartialEq for Template {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Template {}
+
+impl std::str::FromStr for Template {
+    type Err = TemplateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Template::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::message::Fields;
+
+    fn message(payload: &str) -> Message {
+        let mut m = Message::new("devices/d1/temp_hum", payload.to_owned(), 1_700_000_000_123);
+        m.qos = 1;
+        m.fields = Fields::from_pairs([("device", "d1"), ("temp", "from-field")]);
+        m
+    }
+
+    fn render(template: &str, msg: &Message) -> Result<String, Undefined> {
+        let json = serde_json::from_slice::<serde_json::Value>(&msg.payload).ok();
+        Template::parse(template)
+            .unwrap()
+            .render_plain(msg, json.as_ref())
+    }
+
+    #[test]
+    fn builtins_render_topic_timestamp_and_qos() {
+        let msg = message("{}");
+        assert_eq!(
+            render("${topic}|${ts}|${qos}", &msg).unwrap(),
+            "devices/d1/temp_hum|1700000000123|1"
+        );
+    }
+
+    #[test]
+    fn a_field_wins_over_a_payload_key_of_the_same_name() {
+        let msg = message(r#"{"temp": 31, "device": "from-payload"}"#);
+        assert_eq!(render("${temp}/${device}", &msg).unwrap(), "from-field/d1");
+    }
+
+    #[test]
+    fn a_name_that_is_no_field_is_looked_up_in_the_payload() {
+        let msg = message(r#"{"hum": 90, "nested": {"x": [1, {"b": "deep"}]}}"#);
+        assert_eq!(render("${hum}", &msg).unwrap(), "90");
+        assert_eq!(render("${nested.x.1.b}", &msg).unwrap(), "deep");
+    }
+
+    #[test]
+    fn payload_paths_index_arrays_and_objects() {
+        let msg = message(r#"{"a": [{"b": 7}, {"b": 8}], "0": "key-zero"}"#);
+        assert_eq!(render("${payload.a.0.b}", &msg).unwrap(), "7");
+        assert_eq!(render("${payload.a.1}", &msg).unwrap(), r#"{"b":8}"#);
+        assert_eq!(render("${payload.0}", &msg).unwrap(), "key-zero");
+        assert!(render("${payload.a.2.b}", &msg).is_err());
+        assert!(render("${payload.a.x}", &msg).is_err());
+    }
+
+    #[test]
+    fn whole_payload_is_json_when_decoded_and_raw_text_otherwise() {
+        let msg = message(r#"{ "temp" : 31 }"#);
+        assert_eq!(render("${payload}", &msg).unwrap(), r#"{"temp":31}"#);
+        let raw = message("not json ü");
+        assert_eq!(render("<${payload}>", &raw).unwrap(), "<not json ü>");
+    }
+
+    #[test]
+    fn undefined_variables_are_reported_by_name() {
+        let msg = message(r#"{"temp": 31}"#);
+        let err = render("x ${missing.path} y", &msg).unwrap_err();
+        assert_eq!(err.variable, "missing.path");
+        assert_eq!(err.to_string(), "variable ${missing.path} is undefined");
+        assert_eq!(
+            render("${clientid}", &msg).unwrap_err().variable,
+            "clientid"
+        );
+        // Without decoded JSON, payload paths are undefined.
+        let t = Template::parse("${payload.temp}").unwrap();
+        assert!(t.render_plain(&msg, None).is_err());
+    }
+
+    #[test]
+    fn undefined_variables_render_as_null_when_asked() {
+        let msg = message("{}");
+        let t = Template::parse("a=${nope},t=${topic}").unwrap();
+        let mut out = String::new();
+        t.render_or_null(&msg, None, &mut plain, &mut out);
+        assert_eq!(out, "a=null,t=devices/d1/temp_hum");
+    }
+
+    #[test]
+    fn clientid_comes_from_a_field_of_that_name() {
+        let mut msg = message("{}");
+        msg.fields = Fields::from_pairs([("clientid", "c-7")]);
+        assert_eq!(render("${clientid}", &msg).unwrap(), "c-7");
+    }
+
+    #[test]
+    fn escaping_is_applied_to_values_only() {
+        let msg = message(r#"{"name": "it's"}"#);
+        let t = Template::parse("INSERT '${name}' -- it's literal").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        let mut out = String::new();
+        let mut sql = |v: Value<'_>, out: &mut String| {
+            let mut s = String::new();
+            plain(v, &mut s);
+            out.push_str(&s.replace('\'', "''"));
+        };
+        t.render(&msg, Some(&json), &mut sql, &mut out).unwrap();
+        assert_eq!(out, "INSERT 'it''s' -- it's literal");
+    }
+
+    #[test]
+    fn escape_sees_typed_values() {
+        let msg = message(r#"{"n": 1.5, "s": "x", "z": null}"#);
+        let json: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        let t = Template::parse("${ts}${n}${s}${z}${topic}").unwrap();
+        let mut seen = Vec::new();
+        let mut escape = |v: Value<'_>, _: &mut String| seen.push(format!("{v:?}"));
+        t.render(&msg, Some(&json), &mut escape, &mut String::new())
+            .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "Int(1700000000123)",
+                "Json(Number(1.5))",
+                "Json(String(\"x\"))",
+                "Json(Null)",
+                "Str(\"devices/d1/temp_hum\")"
+            ]
+        );
+    }
+
+    #[test]
+    fn unicode_text_and_names_survive() {
+        let mut msg = message(r#"{"température": "31°", "ключ": ["значение"]}"#);
+        msg.fields = Fields::from_pairs([("appareil", "capteur-é")]);
+        assert_eq!(
+            render("«${appareil}» ${température} ${ключ.0} ✓", &msg).unwrap(),
+            "«capteur-é» 31° значение ✓"
+        );
+    }
+
+    #[test]
+    fn a_dollar_not_before_a_brace_is_literal_and_double_dollar_brace_escapes() {
+        let msg = message("{}");
+        assert_eq!(render("cost: $5 $ $$", &msg).unwrap(), "cost: $5 $ $$");
+        assert_eq!(render("$${topic} ${qos}", &msg).unwrap(), "${topic} 1");
+        // Scanned left to right: a literal `$`, then the escape.
+        assert_eq!(render("$$${qos}", &msg).unwrap(), "$${qos}");
+        assert!(Template::parse("$${").unwrap().is_literal());
+    }
+
+    #[test]
+    fn malformed_templates_are_refused_with_their_offset() {
+        assert_eq!(
+            Template::parse("ab${topic").unwrap_err(),
+            TemplateError::Unterminated { offset: 2 }
+        );
+        assert_eq!(
+            Template::parse("x${}").unwrap_err(),
+            TemplateError::EmptyName { offset: 1 }
+        );
+        for (text, offset) in [
+            ("${a..b}", 0),
+            ("${payload.}", 0),
+            ("é${topic.x}", 2),
+            ("${ a }", 0),
+            ("${.a}", 0),
+        ] {
+            match Template::parse(text).unwrap_err() {
+                TemplateError::BadPath { offset: o, .. } => assert_eq!(o, offset, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn variables_are_listed_in_order() {
+        let t = Template::parse("${topic}/${payload}/${payload.a.0}/${dev}/${x.y}").unwrap();
+        assert_eq!(
+            t.variables().cloned().collect::<Vec<_>>(),
+            [
+                Variable::Topic,
+                Variable::Payload(vec![]),
+                Variable::Payload(vec!["a".into(), "0".into()]),
+                Variable::Name("dev".into()),
+                Variable::Name("x.y".into()),
+            ]
+        );
+        assert_eq!(
+            t.source(),
+            "${topic}/${payload}/${payload.a.0}/${dev}/${x.y}"
+        );
+        assert!(t.uses_json());
+        assert!(!Template::parse("${topic}").unwrap().uses_json());
+    }
+
+    #[test]
+    fn json_values_are_compact_and_strings_unquoted_in_plain_text() {
+        let mut out = String::new();
+        plain(Value::Json(&json!({"a": [1, "b"]})), &mut out);
+        plain(Value::Json(&json!("s")), &mut out);
+        plain(Value::Null, &mut out);
+        assert_eq!(out, r#"{"a":[1,"b"]}snull"#);
+    }
+}
