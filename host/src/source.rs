@@ -131,6 +131,16 @@ pub fn mqtt_options(config: &BrokerConfig) -> anyhow::Result<MqttOptions> {
         .set_clean_session(config.clean_session)
         .set_manual_acks(true)
         .set_max_packet_size(16 << 20, 16 << 20);
+    apply_login_and_tls(&mut options, config)?;
+    Ok(options)
+}
+
+/// Sets credentials and TLS on a connection's options: the parts the
+/// source and the MQTT sink configure alike.
+pub(crate) fn apply_login_and_tls(
+    options: &mut MqttOptions,
+    config: &BrokerConfig,
+) -> anyhow::Result<()> {
     if let Some(user) = &config.username {
         let password = config
             .password
@@ -142,7 +152,7 @@ pub fn mqtt_options(config: &BrokerConfig) -> anyhow::Result<MqttOptions> {
     if let Some(tls) = &config.tls {
         options.set_transport(crate::tls::transport(tls).context("TLS settings")?);
     }
-    Ok(options)
+    Ok(())
 }
 
 async fn run(

@@ -300,16 +300,7 @@ impl<'a, 'r, 's> Shape<'a, 'r, 's> {
             .get("$defs")
             .and_then(Value::as_object)
             .unwrap_or_else(|| EMPTY.get_or_init(Map::new));
-        let rule_names = root
-            .get("rules")
-            .map(|rules| {
-                rules
-                    .items()
-                    .iter()
-                    .map(|rule| rule.get("name").and_then(Node::as_str).map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let rule_names = rule_names(root);
         let mut shape = Shape {
             defs,
             r,
@@ -781,6 +772,20 @@ fn expected(types: &Value) -> String {
             .join(" or "),
         _ => "a value".to_owned(),
     }
+}
+
+/// The `name` of each `[[rules]]` entry, in order (`None` where it has none
+/// or it is not a string), for naming rules in diagnostics.
+pub(super) fn rule_names(root: &Node) -> Vec<Option<String>> {
+    root.get("rules")
+        .map(|rules| {
+            rules
+                .items()
+                .iter()
+                .map(|rule| rule.get("name").and_then(Node::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -78,16 +78,7 @@ impl<'a, 's> Validator<'a, 's> {
             .parent()
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("."));
-        let rule_names = root
-            .get("rules")
-            .map(|rules| {
-                rules
-                    .items()
-                    .iter()
-                    .map(|rule| rule.get("name").and_then(Node::as_str).map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let rule_names = super::shape::rule_names(root);
         Validator {
             root,
             bad_items,

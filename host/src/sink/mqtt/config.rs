@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use rumqttc::{MqttOptions, QoS};
 
 use super::encode::Encoder;
@@ -101,17 +100,7 @@ fn options(broker: &BrokerConfig, client_id: String) -> anyhow::Result<MqttOptio
         .set_clean_session(true)
         .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES)
         .set_inflight(INFLIGHT);
-    if let Some(username) = &broker.username {
-        let password = broker
-            .password
-            .as_ref()
-            .map(|p| p.expose().to_owned())
-            .unwrap_or_default();
-        options.set_credentials(username.clone(), password);
-    }
-    if let Some(tls) = &broker.tls {
-        options.set_transport(crate::tls::transport(tls).context("TLS setup")?);
-    }
+    crate::source::apply_login_and_tls(&mut options, broker)?;
     Ok(options)
 }
 
