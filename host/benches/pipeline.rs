@@ -187,8 +187,9 @@ fn passes(i: usize) -> bool {
 
 fn payload(i: usize, ts: u128) -> Vec<u8> {
     let temp = if passes(i) { 31.5 } else { 29.5 };
-    // Fixed width `seq` and `ts`: every payload has the same size.
-    format!(r#"{{"temp": {temp}, "hum": 40, "seq": {i:010}, "ts": {ts:020}}}"#).into_bytes()
+    // `seq` and `ts` padded with spaces (valid JSON, unlike leading zeros):
+    // every payload has the same size.
+    format!(r#"{{"temp": {temp}, "hum": 40, "seq": {i:>10}, "ts": {ts:>20}}}"#).into_bytes()
 }
 
 fn now_ns() -> u128 {
