@@ -10,9 +10,14 @@
 //! the crate-private `find` reads one path straight from the payload bytes
 //! without building a tree (what `Message::get_f64` and friends use). `find`
 //! must accept, refuse and report exactly what `serde_json::from_slice::<Value>`
-//! followed by [`lookup`] would, error texts included: it drives the same
-//! `serde_json` parser over the whole document, only with visitors that keep
-//! nothing but the value the path leads to.
+//! followed by [`lookup`] would, error texts included. It first runs a
+//! small scanner of its own (`scan`) that answers the common case in one
+//! plain pass; whenever that scanner is not sure (an error, a `\u`
+//! escape, an exponent, …) it drives `serde_json`'s own parser over the
+//! whole document instead, with visitors that keep nothing but the value
+//! the path leads to.
+
+mod scan;
 
 use std::fmt;
 
@@ -125,6 +130,13 @@ pub(crate) fn find<'a>(
     payload: &'a [u8],
     path: &str,
 ) -> Result<Option<Found<'a>>, serde_json::Error> {
+    // Measured on the boundary bench's payloads: the scanner takes about
+    // half the instructions `serde_json` takes, natively and in wasm.
+    scan::find(payload, path).or_else(|scan::Unsure| find_exact(payload, path))
+}
+
+/// [`find`] through `serde_json`'s parser: slower, exact by construction.
+fn find_exact<'a>(payload: &'a [u8], path: &str) -> Result<Option<Found<'a>>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(payload);
     let found = Walk::new(path).deserialize(&mut de)?;
     de.end()?;
@@ -363,9 +375,15 @@ mod tests {
 
     /// `find`, its scalars turned back into values. Containers and escaped
     /// strings are only named by `find`: their kind is checked against the
-    /// tree, which then supplies the value.
+    /// tree, which then supplies the value. The scanner, when it is sure,
+    /// must agree with `serde_json` to the bit.
     fn via_find(payload: &[u8], path: &str) -> Result<Option<Value>, String> {
-        let found = find(payload, path).map_err(|e| e.to_string())?;
+        let exact = find_exact(payload, path);
+        if let Ok(scanned) = scan::find(payload, path) {
+            let exact = exact.as_ref().expect("the scanner accepts only valid JSON");
+            assert_eq!(bits(scanned), bits(*exact), "{scanned:?} vs {exact:?}");
+        }
+        let found = exact.map_err(|e| e.to_string())?;
         Ok(found.map(|found| match found {
             Found::Null => Value::Null,
             Found::Bool(b) => json!(b),
@@ -385,6 +403,14 @@ mod tests {
                 value
             }
         }))
+    }
+
+    /// Compares floats by their bits: `-0.0` is not `0.0` here.
+    fn bits(found: Option<Found<'_>>) -> Option<(Found<'_>, u64)> {
+        found.map(|found| match found {
+            Found::Float(f) => (Found::Null, f.to_bits()),
+            other => (other, 0),
+        })
     }
 
     #[test]
@@ -418,6 +444,23 @@ mod tests {
             b"{\"temp\": 31",
             br#"{"temp": -}"#,
             br#"{temp: 31}"#,
+            br#"{"temp" : -0 , "a":-0.0,"b":-9223372036854775809,"0":[0.1e1]}"#,
+            br#"{"temp": 0.0000000000000000000000001, "a": 12345678901234567890.5}"#,
+            br#"{"temp": 1.8446744073709551615, "a": 18446744073709551615.0}"#,
+            br#"{"temp": "x\"y\\z\/\b\f\n\r\t", "a": {"b\n": 1}}"#,
+            "{\"temp\": \"h\u{e9}llo \u{1f600}\", \"a\": [\"\u{e9}\"]}".as_bytes(),
+            b"{\"temp\": \"\xe9\"}",
+            b"{\"temp\": 1}\x00",
+            b"\t\r\n {\"temp\"\t:\r\n[ ]\n}\n",
+            br#"{"temp": [1, [2, [3]], {"x": []}, {}], "a": true, "b": false, "c": null}"#,
+            br#"{"temp": tru}"#,
+            br#"{"temp": nul, "x": 1}"#,
+            br#"{"temp": 1.}"#,
+            br#"{"temp": .5}"#,
+            br#"{"temp": +1}"#,
+            br#"{"temp": 1, }"#,
+            br#"[1 2]"#,
+            br#"{"temp": 1}}"#,
             deep.as_bytes(),
         ];
         let paths = [
@@ -467,6 +510,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_scanner_converts_numbers_to_the_bit_as_serde_json_does() {
+        // A fixed-seed generator: numbers of every length and scale.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut compared = 0;
+        for _ in 0..20_000 {
+            let digits = (next() % 21) as usize + 1;
+            let mut text: String = (0..digits)
+                .map(|_| char::from(b'0' + (next() % 10) as u8))
+                .collect();
+            let point = (next() % (digits as u64 + 2)) as usize;
+            if point < digits {
+                text.insert(point, '.');
+            }
+            if text.starts_with('.') {
+                text.insert(0, '0');
+            }
+            if next() % 2 == 0 {
+                text.insert(0, '-');
+            }
+            let payload = format!("{{\"n\": {text}}}");
+            let exact = find_exact(payload.as_bytes(), "n");
+            if let Ok(scanned) = scan::find(payload.as_bytes(), "n") {
+                assert_eq!(bits(scanned), bits(exact.unwrap()), "{text}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 10_000, "only {compared} numbers compared");
     }
 
     #[test]

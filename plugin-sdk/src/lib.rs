@@ -57,10 +57,11 @@
 //!
 //! A [`Message`] borrows its parts from the batch buffer and decodes nothing
 //! until asked: [`topic`](Message::topic), [`payload`](Message::payload),
-//! [`field`](Message::field) (topic captures), and JSON accessors that
-//! parse the payload once and read [dotted paths](json::lookup):
-//! [`get_f64`](Message::get_f64)`("a.b.0")`, [`get_str`](Message::get_str),
-//! … whose errors name the path (`field "a.b" is missing`).
+//! [`field`](Message::field) (topic captures), and JSON accessors for
+//! [dotted paths](json::lookup): [`get_f64`](Message::get_f64)`("a.b.0")`,
+//! [`get_str`](Message::get_str), … read one value straight from the payload
+//! bytes, and [`json`](Message::json) parses the whole payload once. Errors
+//! name the path (`field "a.b" is missing`).
 //!
 //! An [`Output`] is a list of changes to the input (topic, payload, JSON
 //! payload, fields, timestamp); parts left alone are sent back unflagged and

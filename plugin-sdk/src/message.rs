@@ -8,7 +8,8 @@
 //! without building a tree; [`Message::json`] parses the whole payload into
 //! a `Value` once and caches it, and the getters use that tree once it
 //! exists. This module must never allocate on the path that does not touch
-//! JSON or fields, nor when a typed getter succeeds.
+//! JSON or fields, nor when a typed getter reads a number, a boolean or a
+//! string without escapes.
 
 use std::cell::OnceCell;
 
@@ -27,11 +28,11 @@ use crate::{Error, Result};
 /// it already (so a plugin reading many fields of a large payload may call
 /// `json()` first). Errors name the path they were asked for.
 pub struct Message<'a> {
-    topic: &'a [u8],
-    payload: &'a [u8],
-    fields: &'a [u8],
-    timestamp_ms: i64,
-    qos: u8,
+    /// The message's descriptor, checked against `data` by `from_words`;
+    /// parts are sliced out when asked for, so a plugin that reads nothing
+    /// pays for nothing.
+    words: &'a [u32; EVENT_WORDS],
+    data: &'a [u8],
     json: OnceCell<std::result::Result<Value, String>>,
 }
 
@@ -54,29 +55,34 @@ impl<'a> Message<'a> {
     /// descriptor words. An out-of-range span (or a QoS that is not a byte)
     /// is a host bug; it fails this message only.
     // Inlined into the batch loop: this is most of a passthrough's work, and
-    // the `guest` profile's opt-level "s" would otherwise keep it a call.
+    // the `guest` profile's opt-level "s" kept such helpers calls.
     #[inline(always)]
     pub(crate) fn from_words(
-        words: &[u32; EVENT_WORDS],
+        words: &'a [u32; EVENT_WORDS],
         data: &'a [u8],
     ) -> std::result::Result<Self, String> {
-        let parts = (
-            part(data, words, word::TOPIC),
-            part(data, words, word::PAYLOAD),
-            part(data, words, word::FIELDS),
-            u8::try_from(words[word::QOS]),
-        );
-        let (Some(topic), Some(payload), Some(fields), Ok(qos)) = parts else {
+        // One branch for the three spans and the QoS: sums in u64 cannot
+        // wrap, so the furthest end is the only bound to check.
+        let end = |at: usize| u64::from(words[at]) + u64::from(words[at + 1]);
+        let furthest = end(word::TOPIC)
+            .max(end(word::PAYLOAD))
+            .max(end(word::FIELDS));
+        if furthest > data.len() as u64 || words[word::QOS] > u32::from(u8::MAX) {
             return Err(describe_bad_words(words, data));
-        };
+        }
         Ok(Self {
-            topic,
-            payload,
-            fields,
-            timestamp_ms: join_i64(words[word::TIMESTAMP], words[word::TIMESTAMP + 1]),
-            qos,
+            words,
+            data,
             json: OnceCell::new(),
         })
+    }
+
+    /// The part whose `(offset, length)` words start at `at` (in bounds:
+    /// `from_words` checked).
+    #[inline]
+    fn part(&self, at: usize) -> &'a [u8] {
+        let start = self.words[at] as usize;
+        &self.data[start..start + self.words[at + 1] as usize]
     }
 
     /// The MQTT topic the message arrived on.
@@ -85,36 +91,38 @@ impl<'a> Message<'a> {
     /// be, this returns its longest valid prefix and
     /// [`topic_bytes`](Self::topic_bytes) has the raw bytes.
     pub fn topic(&self) -> &'a str {
-        match std::str::from_utf8(self.topic) {
+        let topic = self.part(word::TOPIC);
+        match std::str::from_utf8(topic) {
             Ok(topic) => topic,
-            Err(e) => std::str::from_utf8(&self.topic[..e.valid_up_to()]).unwrap_or_default(),
+            Err(e) => std::str::from_utf8(&topic[..e.valid_up_to()]).unwrap_or_default(),
         }
     }
 
     /// The topic as raw bytes.
     pub fn topic_bytes(&self) -> &'a [u8] {
-        self.topic
+        self.part(word::TOPIC)
     }
 
     /// The payload bytes, exactly as received.
     pub fn payload(&self) -> &'a [u8] {
-        self.payload
+        self.part(word::PAYLOAD)
     }
 
     /// The payload as text; fails if it is not UTF-8.
     pub fn payload_str(&self) -> Result<&'a str> {
-        std::str::from_utf8(self.payload)
+        std::str::from_utf8(self.payload())
             .map_err(|e| Error::new(format!("payload is not valid UTF-8: {e}")))
     }
 
     /// Milliseconds since the Unix epoch.
     pub fn timestamp_ms(&self) -> i64 {
-        self.timestamp_ms
+        join_i64(self.words[word::TIMESTAMP], self.words[word::TIMESTAMP + 1])
     }
 
     /// The MQTT QoS the message was delivered with (0, 1 or 2).
     pub fn qos(&self) -> u8 {
-        self.qos
+        // At most 255: `from_words` checked.
+        self.words[word::QOS] as u8
     }
 
     /// The value of a field (a topic capture such as `device` for
@@ -127,7 +135,7 @@ impl<'a> Message<'a> {
 
     /// Every field, in the order the host sent them.
     pub fn fields(&self) -> Fields<'a> {
-        Fields::new(self.fields)
+        Fields::new(self.raw_fields())
     }
 
     /// The payload parsed as JSON (parsed on the first call, then cached).
@@ -136,7 +144,7 @@ impl<'a> Message<'a> {
     pub fn json(&self) -> Result<&Value> {
         let parsed = self
             .json
-            .get_or_init(|| serde_json::from_slice(self.payload).map_err(|e| e.to_string()));
+            .get_or_init(|| serde_json::from_slice(self.payload()).map_err(|e| e.to_string()));
         parsed
             .as_ref()
             .map_err(|e| Error::new(format!("payload is not valid JSON: {e}")))
@@ -203,7 +211,7 @@ impl<'a> Message<'a> {
     ) -> Result<T> {
         let value = match self.json.get() {
             Some(_) => from_tree(self.get_value(path)?),
-            None => match json::find(self.payload, path) {
+            None => match json::find(self.payload(), path) {
                 Ok(Some(found)) => from_scan(found),
                 Ok(None) => return Err(missing(path)),
                 Err(e) => {
@@ -217,7 +225,7 @@ impl<'a> Message<'a> {
     }
 
     pub(crate) fn raw_fields(&self) -> &'a [u8] {
-        self.fields
+        self.part(word::FIELDS)
     }
 }
 
@@ -225,10 +233,10 @@ impl std::fmt::Debug for Message<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Message")
             .field("topic", &self.topic())
-            .field("payload", &String::from_utf8_lossy(self.payload))
+            .field("payload", &String::from_utf8_lossy(self.payload()))
             .field("fields", &self.fields().collect::<Vec<_>>())
-            .field("timestamp_ms", &self.timestamp_ms)
-            .field("qos", &self.qos)
+            .field("timestamp_ms", &self.timestamp_ms())
+            .field("qos", &self.qos())
             .finish()
     }
 }
@@ -242,14 +250,6 @@ fn missing(path: &str) -> Error {
     Error::new(format!("field \"{path}\" is missing"))
 }
 
-/// The part whose `(offset, length)` words start at `at`, if it lies inside
-/// `data`.
-#[inline(always)]
-fn part<'a>(data: &'a [u8], words: &[u32; EVENT_WORDS], at: usize) -> Option<&'a [u8]> {
-    let start = words[at] as usize;
-    data.get(start..start.checked_add(words[at + 1] as usize)?)
-}
-
 /// Why [`Message::from_words`] refused `words`: the first bad part.
 #[cold]
 fn describe_bad_words(words: &[u32; EVENT_WORDS], data: &[u8]) -> String {
@@ -258,7 +258,7 @@ fn describe_bad_words(words: &[u32; EVENT_WORDS], data: &[u8]) -> String {
         (word::PAYLOAD, "payload"),
         (word::FIELDS, "fields"),
     ] {
-        if part(data, words, at).is_none() {
+        if u64::from(words[at]) + u64::from(words[at + 1]) > data.len() as u64 {
             let (offset, len) = (words[at], words[at + 1]);
             return format!(
                 "host bug: the {name} span (offset {offset}, length {len}) lies outside the batch data ({} bytes)",
@@ -351,8 +351,9 @@ mod tests {
         (offset, len)
     }
 
-    fn words(topic: Span, payload: Span, fields: Span) -> [u32; EVENT_WORDS] {
-        let mut words = [0; EVENT_WORDS];
+    /// A descriptor that lives as long as the test (a `Message` borrows it).
+    fn words(topic: Span, payload: Span, fields: Span) -> &'static mut [u32; EVENT_WORDS] {
+        let words = Box::leak(Box::new([0; EVENT_WORDS]));
         for (at, (offset, len)) in [
             (word::TOPIC, topic),
             (word::PAYLOAD, payload),
@@ -365,7 +366,7 @@ mod tests {
     }
 
     fn message(data: &[u8], payload: Span, fields: Span) -> Message<'_> {
-        Message::from_words(&words(span(0, 0), payload, fields), data).unwrap()
+        Message::from_words(words(span(0, 0), payload, fields), data).unwrap()
     }
 
     #[test]
@@ -427,26 +428,26 @@ mod tests {
     #[test]
     fn a_span_outside_the_batch_is_reported_not_sliced() {
         let err =
-            Message::from_words(&words(span(4, 10), span(0, 0), span(0, 0)), b"abc").unwrap_err();
+            Message::from_words(words(span(4, 10), span(0, 0), span(0, 0)), b"abc").unwrap_err();
         assert!(err.contains("topic span (offset 4, length 10)"), "{err}");
         // An offset near u32::MAX must not wrap around to a valid range.
-        let err = Message::from_words(&words(span(0, 0), span(u32::MAX, 2), span(0, 0)), b"abc")
+        let err = Message::from_words(words(span(0, 0), span(u32::MAX, 2), span(0, 0)), b"abc")
             .unwrap_err();
         assert!(err.contains("payload span"), "{err}");
         let err =
-            Message::from_words(&words(span(0, 0), span(0, 0), span(3, 1)), b"abc").unwrap_err();
+            Message::from_words(words(span(0, 0), span(0, 0), span(3, 1)), b"abc").unwrap_err();
         assert!(err.contains("fields span (offset 3, length 1)"), "{err}");
     }
 
     #[test]
     fn the_descriptor_words_decode_timestamp_qos_and_parts() {
         let data = b"topicbody";
-        let mut w = words(span(0, 5), span(5, 4), span(9, 0));
+        let w = words(span(0, 5), span(5, 4), span(9, 0));
         let (low, high) = split_i64(-1_700_000_000_123);
         w[word::TIMESTAMP] = low;
         w[word::TIMESTAMP + 1] = high;
         w[word::QOS] = 2;
-        let msg = Message::from_words(&w, data).unwrap();
+        let msg = Message::from_words(w, data).unwrap();
         assert_eq!(msg.topic(), "topic");
         assert_eq!(msg.payload(), b"body");
         assert_eq!(msg.fields().count(), 0);
@@ -459,7 +460,7 @@ mod tests {
         assert_eq!(split_i64(1 << 32 | 5), (5, 1));
 
         w[word::QOS] = 256;
-        let err = Message::from_words(&w, data).unwrap_err();
+        let err = Message::from_words(w, data).unwrap_err();
         assert!(err.contains("QoS word is 256"), "{err}");
     }
 }

@@ -10,11 +10,9 @@
 //! buffer.
 //!
 //! The descriptor words are zeroed for a whole batch at once, and an output
-//! writes only its non-zero words: a passthrough is one store. (Building a
-//! ten-word array and copying it in is what the obvious code does, and under
-//! the `guest` profile's opt-level "s" LLVM turns that into `memory.fill` and
-//! `memory.copy` instructions, which wasmtime runs as calls into the host:
-//! measured at well over half of a passthrough's cost.)
+//! writes only its non-zero words: a passthrough is one store, where the
+//! obvious code builds a ten-word array and copies it in (under the `guest`
+//! profile's opt-level "s", a `memory.fill` and a `memory.copy` per message).
 
 use serde_json::Value;
 
@@ -169,7 +167,11 @@ pub struct Emitter<'a> {
     used: usize,
     data: Vec<u8>,
     input: u32,
-    input_fields: &'a [u8],
+    /// The batch's data, where the current input's fields are.
+    batch_data: &'a [u8],
+    /// The current input's fields: `(offset, length)` in `batch_data`,
+    /// checked by `Message::from_words`. Sliced only if a field is edited.
+    input_fields: (u32, u32),
 }
 
 /// Where the outputs of the current message begin, for withdrawing them.
@@ -181,7 +183,7 @@ pub(crate) struct Mark {
 }
 
 impl<'a> Emitter<'a> {
-    pub(crate) fn with_capacity(outputs: usize) -> Self {
+    pub(crate) fn with_capacity(outputs: usize, batch_data: &'a [u8]) -> Self {
         Self {
             // One zeroing of the batch's descriptors (see the module doc).
             emitted: vec![0; outputs.saturating_mul(OUTPUT_WORDS)],
@@ -189,7 +191,8 @@ impl<'a> Emitter<'a> {
             // Stays unallocated for a batch of pure passthroughs.
             data: Vec::new(),
             input: 0,
-            input_fields: &[],
+            batch_data,
+            input_fields: (0, 0),
         }
     }
 
@@ -265,7 +268,9 @@ impl<'a> Emitter<'a> {
     /// position, new keys go last, removed keys are skipped.
     fn merge_fields(&mut self, edits: &[(String, Option<String>)]) -> (u32, u32) {
         let start = self.data.len();
-        for (key, value) in Fields::new(self.input_fields) {
+        let (offset, len) = (self.input_fields.0 as usize, self.input_fields.1 as usize);
+        let input_fields = &self.batch_data[offset..offset + len];
+        for (key, value) in Fields::new(input_fields) {
             match edits.iter().find(|(k, _)| k == key) {
                 Some((_, Some(new))) => encode_field(&mut self.data, key, new),
                 Some((_, None)) => {}
@@ -274,7 +279,7 @@ impl<'a> Emitter<'a> {
         }
         for (key, value) in edits {
             let Some(value) = value else { continue };
-            if !Fields::new(self.input_fields).any(|(k, _)| k == key) {
+            if !Fields::new(input_fields).any(|(k, _)| k == key) {
                 encode_field(&mut self.data, key, value);
             }
         }
@@ -296,7 +301,7 @@ impl<'a> Emitter<'a> {
     }
 
     /// Starts the outputs of input `input`.
-    pub(crate) fn begin(&mut self, input: u32, input_fields: &'a [u8]) -> Mark {
+    pub(crate) fn begin(&mut self, input: u32, input_fields: (u32, u32)) -> Mark {
         self.input = input;
         self.input_fields = input_fields;
         Mark {

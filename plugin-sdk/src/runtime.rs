@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use crate::__bindings::exports::weir::plugin::transform::PluginMetadata;
 use crate::__bindings::weir::plugin::types::{Batch, ConfigKey, Failure, Outcome, PluginKind};
-use crate::message::EVENT_WORDS;
+use crate::message::{EVENT_WORDS, word};
 use crate::{Emitter, Kind, Message, Transform, config};
 
 /// Runs every message of `batch` through `plugin`.
@@ -29,7 +29,7 @@ pub(crate) fn process_batch<T: Transform>(plugin: &mut T, batch: &Batch) -> Outc
             ),
         );
     }
-    let mut out = Emitter::with_capacity(events.len());
+    let mut out = Emitter::with_capacity(events.len(), &batch.data);
     let mut failures = Vec::new();
     for (index, words) in events.iter().enumerate() {
         // The host cannot send more than u32::MAX messages: the index type
@@ -42,11 +42,12 @@ pub(crate) fn process_batch<T: Transform>(plugin: &mut T, batch: &Batch) -> Outc
                 continue;
             }
         };
-        let mark = out.begin(input, msg.raw_fields());
-        let result = plugin
-            .process(&msg, &mut out)
-            .map_err(crate::Error::into_message)
-            .and_then(|()| out.check_kind(T::KIND, mark));
+        let fields = (words[word::FIELDS], words[word::FIELDS + 1]);
+        let mark = out.begin(input, fields);
+        let result = match plugin.process(&msg, &mut out) {
+            Ok(()) => out.check_kind(T::KIND, mark),
+            Err(error) => Err(error.into_message()),
+        };
         if let Err(message) = result {
             out.rollback(mark);
             failures.push(Failure { input, message });
@@ -170,7 +171,6 @@ fn fail_all(batch: &Batch, message: &str) -> Outcome {
 mod tests {
     use super::*;
     use crate::Result;
-    use crate::message::word;
     use crate::output::OUTPUT_WORDS;
 
     #[crate::filter]

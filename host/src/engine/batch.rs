@@ -51,19 +51,20 @@ impl Encoder {
         let Batch { events, data } = &mut self.batch;
         events.clear();
         data.clear();
-        let total: usize = messages
-            .iter()
-            .map(|m| m.topic.len() + m.payload.len() + m.fields.encoded().len())
-            .sum();
-        if total > MAX_BATCH_BYTES || messages.len() > (u32::MAX as usize) / EVENT_WORDS {
+        if messages.len() > (u32::MAX as usize) / EVENT_WORDS {
             return Err(BatchTooLarge);
         }
-        data.reserve(total);
+        // No pass to size `data` first: it keeps its capacity from batch to
+        // batch, and the pass cost more instructions than it saved.
         events.reserve(messages.len() * EVENT_WORDS);
         for m in messages {
             let [topic_at, topic_len] = push(data, m.topic.as_bytes());
             let [payload_at, payload_len] = push(data, &m.payload);
             let [fields_at, fields_len] = push(data, m.fields.encoded());
+            if data.len() > MAX_BATCH_BYTES {
+                // This message's offsets may have wrapped; none is sent.
+                return Err(BatchTooLarge);
+            }
             let ts = m.timestamp_ms as u64;
             events.extend_from_slice(&[
                 topic_at,
@@ -82,8 +83,8 @@ impl Encoder {
     }
 }
 
-/// Appends bytes; returns their offset and length. The total was checked
-/// against `u32::MAX` before encoding.
+/// Appends bytes; returns their offset and length (truncated past
+/// `u32::MAX`, which the caller then refuses).
 fn push(data: &mut Vec<u8>, bytes: &[u8]) -> [u32; 2] {
     let offset = data.len() as u32;
     data.extend_from_slice(bytes);
@@ -161,16 +162,30 @@ pub(super) fn decode(
     // A filter's outcome: passthroughs only, built straight into place.
     if any_flags == 0 {
         match inputs {
+            // Every input kept, in order: the tightest loop of all (measured:
+            // a quarter of the instructions of the one below, per message).
+            Inputs::Owned(messages) if one_each && emitted.len() == len => {
+                let outputs = messages.into_iter().enumerate();
+                result
+                    .outputs
+                    .extend(outputs.map(|(input, message)| Output {
+                        input: offset + input,
+                        message,
+                    }));
+            }
             Inputs::Owned(messages) if one_each => {
-                let mut wanted = emitted.iter().map(input_at).peekable();
-                let kept = messages
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(input, _)| wanted.next_if_eq(input).is_some());
-                result.outputs.extend(kept.map(|(input, message)| Output {
-                    input: offset + input,
-                    message,
-                }));
+                let mut messages = messages.into_iter();
+                // Index of the next message `messages` yields.
+                let mut next = 0;
+                for input in emitted.iter().map(input_at) {
+                    // Drops the inputs in between: the plugin dropped them.
+                    let message = messages.nth(input - next).expect("index checked above");
+                    next = input + 1;
+                    result.outputs.push(Output {
+                        input: offset + input,
+                        message,
+                    });
+                }
             }
             inputs => {
                 let messages = inputs.as_slice();
