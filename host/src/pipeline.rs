@@ -328,18 +328,15 @@ impl Worker {
             if messages.is_empty() {
                 break;
             }
-            let outcome = self.steps[s].process(&messages);
+            // The step consumes its inputs (a passthrough moves rather than
+            // clones); a failure is reported with the rule's original input,
+            // the message a user can replay.
+            let outcome = self.steps[s].process_owned(std::mem::take(&mut messages));
             let step = self.steps[s].name().to_owned();
             for f in &outcome.failures {
                 let input = origin[f.input];
                 let kind = f.kind.as_str();
-                self.report(
-                    &messages[f.input],
-                    &tokens[input],
-                    kind,
-                    Some(&step),
-                    &f.reason,
-                );
+                self.report(&inputs[input], &tokens[input], kind, Some(&step), &f.reason);
             }
             origin = outcome.outputs.iter().map(|o| origin[o.input]).collect();
             messages = outcome.outputs.into_iter().map(|o| o.message).collect();
