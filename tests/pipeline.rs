@@ -377,6 +377,17 @@ to = ["forward"]
 
 #[test]
 fn after_a_broker_restart_weir_resubscribes_and_receives_what_was_queued_for_it() {
+    broker_restart_keeps_the_session("3.1.1");
+}
+
+#[test]
+fn mqtt5_after_a_broker_restart_weir_resubscribes_and_receives_what_was_queued_for_it() {
+    broker_restart_keeps_the_session("5");
+}
+
+/// A persistent session across a broker restart: in MQTT 5 it survives
+/// only through the session expiry interval weir sets.
+fn broker_restart_keeps_the_session(protocol: &str) {
     let mut broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
@@ -385,6 +396,7 @@ fn after_a_broker_restart_weir_resubscribes_and_receives_what_was_queued_for_it(
 [broker]
 url = "{url}"
 client_id = "weir-restart-{id}"
+protocol = "{protocol}"
 clean_session = false
 reconnect_min = "2s"
 reconnect_max = "2s"
@@ -432,6 +444,15 @@ to = ["out"]
 
 #[test]
 fn two_instances_in_one_share_group_each_process_a_message_exactly_once() {
+    share_group_splits_the_work("3.1.1");
+}
+
+#[test]
+fn mqtt5_two_instances_in_one_share_group_each_process_a_message_exactly_once() {
+    share_group_splits_the_work("5");
+}
+
+fn share_group_splits_the_work(protocol: &str) {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let manifest = |n: u32| {
@@ -440,6 +461,7 @@ fn two_instances_in_one_share_group_each_process_a_message_exactly_once() {
 [broker]
 url = "{url}"
 client_id = "weir-share-{n}-{id}"
+protocol = "{protocol}"
 
 [sinks.out]
 type = "file"

@@ -334,6 +334,15 @@ impl<'a, 's> Validator<'a, 's> {
             }),
         };
 
+        if embedded.is_some() && spec.url.is_none() && spec.protocol == MqttProtocol::V5 {
+            self.error(
+                &at!["broker", "protocol"],
+                "the embedded broker speaks MQTT 3.1.1 to weir, not MQTT 5",
+            )
+            .hint("remove protocol = \"5\", or set url to subscribe through another broker");
+            ok = false;
+        }
+
         let tls = match (&endpoint, &spec.tls) {
             (Some(ep), Some(tls)) if !ep.tls => {
                 let span = self.key_span(&at!["broker", "tls"]);

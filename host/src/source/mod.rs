@@ -1,6 +1,12 @@
 //! The MQTT source: one broker connection, its subscriptions, and the
 //! acknowledgements.
 //!
+//! The connection speaks MQTT 3.1.1 or 5 (`[broker] protocol`), through
+//! rumqttc's client for each; [`client`] hides the difference, so everything
+//! below holds for both. With MQTT 5, `clean_session = false` asks for a
+//! session that never expires (in MQTT 5 a session otherwise ends with the
+//! connection) and the CONNECT's Receive Maximum is [`RECEIVE_MAXIMUM`].
+//!
 //! The rumqttc event loop runs in this module's task and nothing else runs
 //! there: every incoming publish is handed to the router through a channel
 //! without waiting, so keep-alives never stall behind slow work.
@@ -18,7 +24,8 @@
 //! duplicates are possible, losses are not.
 //!
 //! **Flow control.** For QoS 1 the broker stops sending once its in-flight
-//! window for this client is full of unacknowledged messages, so the
+//! window for this client (3.1.1: the broker's setting; 5: our Receive
+//! Maximum) is full of unacknowledged messages, so the
 //! hand-off buffer is bounded by that window; it is still bounded here
 //! ([`HANDOFF_CAPACITY`]) and a QoS 0 message that finds it full is dropped
 //! (counted), as QoS 0 allows. QoS 1 messages are never dropped: they wait
@@ -28,17 +35,21 @@
 //! `reconnect_max`, and every new connection subscribes again (a broker
 //! restarted without persistence forgot the subscriptions).
 
+mod client;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
+use self::client::{Client, Polled, V4, V5};
 use crate::ack::{self, AckOutcome, AckToken};
 use crate::config::{BrokerConfig, MqttProtocol};
 use crate::message::Message;
 use crate::telemetry;
+
+pub(crate) use self::client::apply_login_and_tls;
+pub use self::client::{RECEIVE_MAXIMUM, mqtt_options};
 
 /// Messages the source hands to the router before it has to hold them.
 pub const HANDOFF_CAPACITY: usize = 4096;
@@ -90,22 +101,18 @@ impl Source {
         subscriptions: Vec<Subscription>,
         out: mpsc::Sender<Incoming>,
     ) -> anyhow::Result<Source> {
-        if config.protocol != MqttProtocol::V311 {
-            // rumqttc's v5 client has its own types; the pipeline speaks
-            // 3.1.1 to brokers today and says so rather than pretending.
-            anyhow::bail!("MQTT 5 subscriptions are not supported yet; use protocol = \"3.1.1\"");
-        }
-        let options = mqtt_options(config)?;
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let (phase, phase_rx) = watch::channel(Phase::Running);
-        let task = tokio::spawn(run(
-            client,
-            eventloop,
-            subscriptions,
-            out,
-            phase_rx,
-            (config.reconnect_min, config.reconnect_max),
-        ));
+        let backoff = (config.reconnect_min, config.reconnect_max);
+        let task = match config.protocol {
+            MqttProtocol::V311 => {
+                let client = V4::new(config, REQUEST_CAPACITY)?;
+                tokio::spawn(run(client, subscriptions, out, phase_rx, backoff))
+            }
+            MqttProtocol::V5 => {
+                let client = V5::new(config, REQUEST_CAPACITY)?;
+                tokio::spawn(run(client, subscriptions, out, phase_rx, backoff))
+            }
+        };
         Ok(Source { phase, task })
     }
 
@@ -123,41 +130,8 @@ impl Source {
     }
 }
 
-/// Builds rumqttc options from the resolved broker config.
-pub fn mqtt_options(config: &BrokerConfig) -> anyhow::Result<MqttOptions> {
-    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
-    options
-        .set_keep_alive(config.keep_alive)
-        .set_clean_session(config.clean_session)
-        .set_manual_acks(true)
-        .set_max_packet_size(16 << 20, 16 << 20);
-    apply_login_and_tls(&mut options, config)?;
-    Ok(options)
-}
-
-/// Sets credentials and TLS on a connection's options: the parts the
-/// source and the MQTT sink configure alike.
-pub(crate) fn apply_login_and_tls(
-    options: &mut MqttOptions,
-    config: &BrokerConfig,
-) -> anyhow::Result<()> {
-    if let Some(user) = &config.username {
-        let password = config
-            .password
-            .as_ref()
-            .map(|p| p.expose().to_owned())
-            .unwrap_or_default();
-        options.set_credentials(user.clone(), password);
-    }
-    if let Some(tls) = &config.tls {
-        options.set_transport(crate::tls::transport(tls).context("TLS settings")?);
-    }
-    Ok(())
-}
-
-async fn run(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+async fn run<C: Client>(
+    mut client: C,
     subscriptions: Vec<Subscription>,
     out: mpsc::Sender<Incoming>,
     mut phase: watch::Receiver<Phase>,
@@ -165,7 +139,7 @@ async fn run(
 ) {
     let mut out = Some(out);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, u64, AckOutcome)>();
-    let mut acks = AckQueue::default();
+    let mut acks = AckQueue::<C::Ack>::default();
     let mut overflow: VecDeque<Incoming> = VecDeque::new();
     let mut backoff = backoff_min;
     let mut connection: u64 = 0;
@@ -198,11 +172,11 @@ async fn run(
             for publish in acks.ready() {
                 let _ = client.try_ack(&publish);
             }
-            let _ = client.try_disconnect();
+            client.try_disconnect();
             // Let the acknowledgements and the disconnect go out; bounded,
             // the broker may be gone.
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while eventloop.poll().await.is_ok() {}
+                while client.poll().await.is_ok() {}
             })
             .await;
             return;
@@ -220,26 +194,25 @@ async fn run(
                     }
                 }
             }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            event = client.poll() => match event {
+                Ok(Polled::Connected { session_present }) => {
                     connection += 1;
                     acks = AckQueue::default();
                     backoff = backoff_min;
-                    tracing::info!(session_present = ack.session_present, "Connected to the broker.");
+                    tracing::info!(session_present, "Connected to the broker.");
                     telemetry::source_connected(true);
                     for s in &subscriptions {
-                        let qos = if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-                        if let Err(e) = client.try_subscribe(s.filter.clone(), qos) {
+                        if let Err(e) = client.try_subscribe(&s.filter, s.qos) {
                             tracing::error!(filter = %s.filter, error = %e, "Cannot subscribe.");
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                Ok(Polled::Publish { topic, payload, qos, ack }) => {
                     let Some(tx) = &out else {
                         // Draining: leave it unacknowledged for redelivery.
                         continue;
                     };
-                    let incoming = accept(publish, connection, &mut acks, &done_tx);
+                    let incoming = accept(topic, payload, qos, ack, connection, &mut acks, &done_tx);
                     match tx.try_send(incoming) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(incoming)) => {
@@ -253,10 +226,18 @@ async fn run(
                         Err(mpsc::error::TrySendError::Closed(_)) => out = None,
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                    tracing::info!(pkid = suback.pkid, codes = ?suback.return_codes, "Subscribed.");
+                Ok(Polled::Malformed) => {
+                    telemetry::source_dropped("topic_not_utf8");
+                    tracing::warn!("Dropped a message whose topic is not UTF-8.");
                 }
-                Ok(_) => {}
+                Ok(Polled::Subscribed { pkid, codes, refused }) => {
+                    if refused {
+                        tracing::error!(pkid, codes, "The broker refused a subscription; check the filter and the broker's ACL.");
+                    } else {
+                        tracing::info!(pkid, codes, "Subscribed.");
+                    }
+                }
+                Ok(Polled::Other) => {}
                 Err(e) => {
                     telemetry::source_connected(false);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Broker connection failed; reconnecting.");
@@ -272,20 +253,18 @@ async fn run(
 }
 
 /// Wraps a publish into a message with its ack token.
-fn accept(
-    publish: Publish,
+fn accept<A: Send + 'static>(
+    topic: std::sync::Arc<str>,
+    payload: bytes::Bytes,
+    qos: u8,
+    publish: A,
     connection: u64,
-    acks: &mut AckQueue,
+    acks: &mut AckQueue<A>,
     done: &mpsc::UnboundedSender<(u64, u64, AckOutcome)>,
 ) -> Incoming {
-    let qos = match publish.qos {
-        QoS::AtMostOnce => 0,
-        QoS::AtLeastOnce => 1,
-        QoS::ExactlyOnce => 2,
-    };
     let message = Message {
-        topic: publish.topic.as_str().into(),
-        payload: publish.payload.clone(),
+        topic,
+        payload,
         timestamp_ms: now_ms(),
         qos,
         fields: Default::default(),
@@ -312,18 +291,27 @@ fn now_ms() -> i64 {
 
 /// QoS 1 messages of the current connection, in arrival order, waiting for
 /// their acknowledgement to become sendable.
-#[derive(Default)]
-struct AckQueue {
+struct AckQueue<A> {
     /// Sequence number of `pending[0]`.
     first: u64,
-    pending: VecDeque<(Publish, Option<AckOutcome>)>,
+    pending: VecDeque<(A, Option<AckOutcome>)>,
     /// Set once a message was abandoned: nothing after it may be
     /// acknowledged on this connection (MQTT acknowledges in order).
     blocked: bool,
 }
 
-impl AckQueue {
-    fn push(&mut self, publish: Publish) -> u64 {
+impl<A> Default for AckQueue<A> {
+    fn default() -> Self {
+        AckQueue {
+            first: 0,
+            pending: VecDeque::new(),
+            blocked: false,
+        }
+    }
+}
+
+impl<A> AckQueue<A> {
+    fn push(&mut self, publish: A) -> u64 {
         self.pending.push_back((publish, None));
         self.first + self.pending.len() as u64 - 1
     }
@@ -337,7 +325,7 @@ impl AckQueue {
     }
 
     /// Acknowledgements that can be sent now, in order.
-    fn ready(&mut self) -> Vec<Publish> {
+    fn ready(&mut self) -> Vec<A> {
         let mut out = Vec::new();
         while !self.blocked {
             match self.pending.front() {
@@ -363,10 +351,8 @@ impl AckQueue {
 mod tests {
     use super::*;
 
-    fn publish(pkid: u16) -> Publish {
-        let mut p = Publish::new("t", QoS::AtLeastOnce, vec![]);
-        p.pkid = pkid;
-        p
+    fn publish(pkid: u16) -> u16 {
+        pkid
     }
 
     #[test]
@@ -378,12 +364,12 @@ mod tests {
         q.complete(c, AckOutcome::Accepted);
         assert!(q.ready().is_empty(), "3 waits for 1 and 2");
         q.complete(a, AckOutcome::Accepted);
-        assert_eq!(q.ready().iter().map(|p| p.pkid).collect::<Vec<_>>(), [1]);
+        assert_eq!(q.ready(), [1]);
         q.complete(b, AckOutcome::Accepted);
-        assert_eq!(q.ready().iter().map(|p| p.pkid).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(q.ready(), [2, 3]);
         let d = q.push(publish(4));
         q.complete(d, AckOutcome::Accepted);
-        assert_eq!(q.ready().iter().map(|p| p.pkid).collect::<Vec<_>>(), [4]);
+        assert_eq!(q.ready(), [4]);
     }
 
     #[test]
