@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir_test_support::mqtt::publish_many_blocking;
-use weir_test_support::{Mosquitto, Subscriber, SubscriberOptions};
+use weir_test_support::{Mosquitto, MosquittoOptions, Pki, Subscriber, SubscriberOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -23,6 +23,13 @@ impl Weir {
     /// Starts `weir run` on a manifest and waits until it has subscribed
     /// `subscriptions` times (its log says "Subscribed.").
     fn run(dir: &Path, manifest: &str, subscriptions: usize) -> Weir {
+        let weir = Weir::spawn(dir, manifest);
+        weir.wait_for_log("Subscribed.", subscriptions);
+        weir
+    }
+
+    /// Starts `weir run` on a manifest.
+    fn spawn(dir: &Path, manifest: &str) -> Weir {
         let path = dir.join(format!("weir-{}.toml", unique()));
         // The HTTP endpoint on a free port: tests run in parallel.
         let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
@@ -38,12 +45,10 @@ impl Weir {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("weir starts");
-        let weir = Weir {
+        Weir {
             child: Some(child),
             log,
-        };
-        weir.wait_for_log("Subscribed.", subscriptions);
-        weir
+        }
     }
 
     fn log(&self) -> String {
@@ -440,6 +445,85 @@ to = ["out"]
     assert_eq!(seen, (0..100).collect::<BTreeSet<u64>>());
     let (code, _) = weir.terminate();
     assert_eq!(code, 0);
+}
+
+/// A manifest subscribing over `mqtts://` with the given trust and client
+/// certificate, writing everything to `out`.
+fn tls_manifest(url: &str, ca: &Path, client: Option<&Pki>, out: &Path) -> String {
+    let client = client
+        .map(|pki| {
+            format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                toml_path(&pki.client_cert),
+                toml_path(&pki.client_key)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"
+[broker]
+url = "{url}"
+client_id = "weir-tls-{id}"
+reconnect_min = "100ms"
+reconnect_max = "200ms"
+
+[broker.tls]
+ca_file = "{ca}"
+{client}
+[sinks.out]
+type = "file"
+path = "{out}"
+
+[[rules]]
+name = "all"
+from = ["devices/+/t"]
+qos = 1
+to = ["out"]
+"#,
+        id = unique(),
+        ca = toml_path(ca),
+        out = toml_path(out),
+    )
+}
+
+#[test]
+fn mqtts_with_a_client_certificate_subscribes_over_tls() {
+    let broker = Mosquitto::start_with(MosquittoOptions::default().tls());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pki = broker.pki();
+    let weir = Weir::run(
+        dir.path(),
+        &tls_manifest(&broker.tls_url(), &pki.ca_file, Some(pki), &out),
+        1,
+    );
+    // Published on the plain listener; weir receives over TLS.
+    publish_many_blocking(
+        &broker.url(),
+        |i| format!("devices/d{}/t", i % 3),
+        |i| format!(r#"{{"seq": {i}}}"#).into_bytes(),
+        20,
+        1,
+    );
+    let got = wait_for_lines(&out, 20, &weir);
+    assert_eq!(seqs(&got), (0..20).collect::<Vec<u64>>());
+    assert_eq!(weir.terminate().0, 0);
+}
+
+#[test]
+fn mqtts_names_the_tls_failure_and_keeps_retrying() {
+    let broker = Mosquitto::start_with(MosquittoOptions::default().tls());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    // A CA that did not sign the broker's certificate.
+    let stranger = Pki::generate(dir.path(), "stranger");
+    let weir = Weir::spawn(
+        dir.path(),
+        &tls_manifest(&broker.tls_url(), &stranger.ca_file, None, &out),
+    );
+    weir.wait_for_log("UnknownIssuer", 2);
+    assert!(!weir.log().contains("Subscribed."), "{}", weir.log());
+    assert_eq!(weir.terminate().0, 0);
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! - [`mosquitto`]: [`Mosquitto`], Debian's `mosquitto` started on a free
 //!   loopback port with persistence in its own temporary directory, so a test
 //!   can stop and restart it and keep persistent sessions.
+//!   With [`MosquittoOptions::tls`] it also listens for MQTT over TLS,
+//!   with certificates from a fresh test CA ([`pki`]).
 //! - [`mqtt`]: [`Subscriber`] (collects what arrives on some filters) and
 //!   [`publish_many`] (publishes and waits for every acknowledgement).
 //!
@@ -23,9 +25,11 @@
 
 pub mod mosquitto;
 pub mod mqtt;
+pub mod pki;
 
-pub use mosquitto::Mosquitto;
+pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use mqtt::{Received, Subscriber, SubscriberOptions, publish_many};
+pub use pki::Pki;
 
 #[cfg(test)]
 mod tests {

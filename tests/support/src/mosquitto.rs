@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::pki::Pki;
+
 /// Debian's package installs the broker here.
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// How long the broker may take to accept connections or to exit.
@@ -38,6 +40,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 pub struct Mosquitto {
     dir: tempfile::TempDir,
     port: u16,
+    /// The TLS listener's port and certificates, when the options ask for it.
+    tls: Option<(u16, Pki)>,
     child: Option<Child>,
     options: MosquittoOptions,
 }
@@ -50,9 +54,19 @@ pub struct MosquittoOptions {
     /// sends to one client before it waits for their acknowledgements.
     /// `None` keeps Mosquitto's default (20); `Some(0)` means no limit.
     pub max_inflight_messages: Option<u16>,
+    /// A second listener speaking MQTT over TLS with certificates from a
+    /// fresh test CA ([`Mosquitto::tls_url`], [`Mosquitto::pki`]); it
+    /// requires a client certificate signed by that CA.
+    pub tls: bool,
 }
 
 impl MosquittoOptions {
+    /// Sets [`tls`](Self::tls).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Sets [`max_inflight_messages`](Self::max_inflight_messages).
     pub fn max_inflight_messages(mut self, n: u16) -> Self {
         self.max_inflight_messages = Some(n);
@@ -82,14 +96,21 @@ impl Mosquitto {
             .prefix("weir-mosquitto-")
             .tempdir()
             .expect("create a temporary directory for mosquitto");
+        let tls = options
+            .tls
+            .then(|| (0, Pki::generate(dir.path(), "mosquitto")));
         let mut broker = Mosquitto {
             dir,
             port: 0,
+            tls,
             child: None,
             options,
         };
         for attempt in 1..=PORT_ATTEMPTS {
             broker.port = free_port();
+            if let Some((port, _)) = &mut broker.tls {
+                *port = free_port();
+            }
             match broker.launch() {
                 Ok(()) => return broker,
                 Err(Launch::PortTaken) if attempt < PORT_ATTEMPTS => continue,
@@ -107,6 +128,32 @@ impl Mosquitto {
     /// `mqtt://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// `mqtts://127.0.0.1:<tls port>` of the TLS listener.
+    ///
+    /// # Panics
+    ///
+    /// When the broker was started without [`MosquittoOptions::tls`].
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self
+            .tls
+            .as_ref()
+            .expect("started with MosquittoOptions::tls");
+        format!("mqtts://127.0.0.1:{port}")
+    }
+
+    /// The certificates of the TLS listener and of a client it accepts.
+    ///
+    /// # Panics
+    ///
+    /// When the broker was started without [`MosquittoOptions::tls`].
+    pub fn pki(&self) -> &Pki {
+        let (_, pki) = self
+            .tls
+            .as_ref()
+            .expect("started with MosquittoOptions::tls");
+        pki
     }
 
     /// The broker's address.
@@ -244,6 +291,18 @@ impl Mosquitto {
         );
         if let Some(n) = self.options.max_inflight_messages {
             config.push_str(&format!("max_inflight_messages {n}\n"));
+        }
+        if let Some((port, pki)) = &self.tls {
+            config.push_str(&format!(
+                "listener {port} 127.0.0.1\n\
+                 cafile {ca}\n\
+                 certfile {cert}\n\
+                 keyfile {key}\n\
+                 require_certificate true\n",
+                ca = pki.ca_file.display(),
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+            ));
         }
         fs::write(self.config_path(), config).expect("write mosquitto.conf");
     }
