@@ -67,6 +67,32 @@ impl Weir {
         }
     }
 
+    /// The value of one series of `GET /metrics` (0 when absent), e.g.
+    /// `weir_rule_dropped_total{rule="r",reason="queue_full"}`.
+    fn metric(&self, series: &str) -> f64 {
+        use std::io::Read as _;
+        let log = self.log();
+        let addr = log
+            .lines()
+            .find(|l| l.contains("Serving /metrics"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
+            .to_owned();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// SIGTERM, then the exit code.
     fn terminate(mut self) -> (i32, String) {
         let mut child = self.child.take().unwrap();
@@ -445,6 +471,79 @@ to = ["out"]
     assert_eq!(seen, (0..100).collect::<BTreeSet<u64>>());
     let (code, _) = weir.terminate();
     assert_eq!(code, 0);
+}
+
+/// A QoS 0 rule whose worker is stuck (a plugin spinning into its 2 s
+/// deadline) while 59 messages arrive for a queue of 5: the policy decides
+/// which 5 survive, the other 54 are dropped and counted. Returns the
+/// delivered sequence numbers.
+fn overflow_a_qos0_rule(policy: &str) -> Vec<u64> {
+    const N: usize = 59;
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let manifest = format!(
+        r#"
+[broker]
+url = "{url}"
+client_id = "weir-overflow-{id}"
+
+[plugins.chaos]
+path = "{chaos}"
+deadline = "2s"
+
+[sinks.out]
+type = "file"
+path = "{out}"
+
+[[rules]]
+name = "r"
+from = ["devices/+/t"]
+qos = 0
+format = "raw"
+queue_size = 5
+backpressure = "{policy}"
+steps = ["chaos"]
+to = ["out"]
+"#,
+        url = broker.url(),
+        id = unique(),
+        chaos = weir_test_artifacts::CHAOS,
+        out = toml_path(&out),
+    );
+    let weir = Weir::run(dir.path(), &manifest, 1);
+    let publish = |n: usize, payload: fn(usize) -> Vec<u8>| {
+        publish_many_blocking(&broker.url(), |_| "devices/d/t".to_owned(), payload, n, 0)
+    };
+    // First the worker takes the spinning message...
+    publish(1, |_| b"spin".to_vec());
+    let taken = r#"weir_rule_messages_in_total{rule="r"}"#;
+    let deadline = Instant::now() + WAIT;
+    while weir.metric(taken) < 1.0 {
+        assert!(Instant::now() < deadline, "the rule never took the message");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...then the queue overflows while it is stuck.
+    publish(N, |i| format!(r#"{{"seq": {}}}"#, i + 1).into_bytes());
+    let dropped = r#"weir_rule_dropped_total{rule="r",reason="queue_full"}"#;
+    let delivered = wait_for_lines(&out, 5, &weir);
+    assert_eq!(weir.metric(dropped), (N - 5) as f64);
+    let (code, log) = weir.terminate();
+    assert_eq!(code, 0);
+    assert!(log.contains("kind=\"deadline\""), "the spin failed:\n{log}");
+    let delivered = seqs(&delivered);
+    assert_eq!(seqs(&lines(&out)), delivered, "nothing after the five");
+    delivered
+}
+
+#[test]
+fn drop_newest_keeps_the_first_qos0_messages_and_counts_the_rest() {
+    assert_eq!(overflow_a_qos0_rule("drop_newest"), [1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn drop_oldest_keeps_the_last_qos0_messages_and_counts_the_rest() {
+    assert_eq!(overflow_a_qos0_rule("drop_oldest"), [55, 56, 57, 58, 59]);
 }
 
 /// A manifest subscribing over `mqtts://` with the given trust and client

@@ -167,6 +167,20 @@ struct QueueState {
 }
 
 impl RuleQueue {
+    fn new(name: &str, capacity: usize, policy: Backpressure) -> RuleQueue {
+        RuleQueue {
+            name: Arc::from(name),
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            capacity: capacity.max(1),
+            policy,
+            ready: Condvar::new(),
+            room: Notify::new(),
+        }
+    }
+
     async fn push(&self, message: Message, ack: AckToken) {
         let mut entry = Some((message, ack));
         loop {
@@ -246,17 +260,11 @@ impl RuleWorker {
         }
         let to = rule.to.iter().map(|name| sinks[name].clone()).collect();
         let errors = rule.errors.as_ref().map(|name| sinks[name].clone());
-        let queue = Arc::new(RuleQueue {
-            name: Arc::from(rule.name.as_str()),
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                closed: false,
-            }),
-            capacity: rule.queue_size.max(1),
-            policy: rule.backpressure,
-            ready: Condvar::new(),
-            room: Notify::new(),
-        });
+        let queue = Arc::new(RuleQueue::new(
+            &rule.name,
+            rule.queue_size,
+            rule.backpressure,
+        ));
         let mut worker = Worker {
             rule: Arc::from(rule.name.as_str()),
             format: rule.format,
@@ -399,6 +407,97 @@ impl Worker {
         };
         if self.runtime.block_on(errors.send(input)).is_err() {
             tracing::error!(rule = %self.rule, sink = errors.name(), "Error sink is closed.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ack::{self, AckOutcome};
+
+    type Outcomes = Arc<Mutex<Vec<(u64, AckOutcome)>>>;
+
+    fn message(id: u64, qos: u8) -> Message {
+        Message {
+            topic: Arc::from("t"),
+            payload: id.to_string().into_bytes().into(),
+            timestamp_ms: 0,
+            qos,
+            fields: Fields::default(),
+        }
+    }
+
+    fn token(outcomes: &Outcomes, id: u64) -> AckToken {
+        let outcomes = outcomes.clone();
+        ack::track(move |o| outcomes.lock().unwrap().push((id, o)))
+    }
+
+    fn ids(batch: &[(Message, AckToken)]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|(m, _)| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+            .collect()
+    }
+
+    async fn push_all(queue: &RuleQueue, outcomes: &Outcomes, n: u64, qos: u8) {
+        for id in 0..n {
+            queue.push(message(id, qos), token(outcomes, id)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn drop_newest_keeps_the_first_messages_and_acknowledges_the_dropped() {
+        let queue = RuleQueue::new("r", 3, Backpressure::DropNewest);
+        let outcomes = Outcomes::default();
+        push_all(&queue, &outcomes, 5, 0).await;
+        let kept = queue.pop_batch(10);
+        assert_eq!(ids(&kept), [0, 1, 2]);
+        assert_eq!(
+            *outcomes.lock().unwrap(),
+            [(3, AckOutcome::Accepted), (4, AckOutcome::Accepted)],
+            "a dropped QoS 0 message is done with, not left for redelivery"
+        );
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_keeps_the_last_messages() {
+        let queue = RuleQueue::new("r", 3, Backpressure::DropOldest);
+        let outcomes = Outcomes::default();
+        push_all(&queue, &outcomes, 5, 0).await;
+        let kept = queue.pop_batch(10);
+        assert_eq!(ids(&kept), [2, 3, 4]);
+        let dropped: Vec<u64> = outcomes.lock().unwrap().iter().map(|(id, _)| *id).collect();
+        assert_eq!(dropped, [0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qos1_messages_wait_for_room_whatever_the_policy() {
+        for policy in [
+            Backpressure::DropNewest,
+            Backpressure::DropOldest,
+            Backpressure::Block,
+        ] {
+            let queue = Arc::new(RuleQueue::new("r", 2, policy));
+            let outcomes = Outcomes::default();
+            push_all(&queue, &outcomes, 2, 1).await;
+            let pushing = tokio::spawn({
+                let (queue, outcomes) = (queue.clone(), outcomes.clone());
+                async move { queue.push(message(2, 1), token(&outcomes, 2)).await }
+            });
+            // However long it waits, the third message neither enters nor
+            // is dropped while the queue is full.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            assert!(!pushing.is_finished(), "{policy:?}");
+            assert!(outcomes.lock().unwrap().is_empty(), "{policy:?}");
+            let first = queue.pop_batch(1);
+            assert_eq!(ids(&first), [0], "{policy:?}");
+            pushing.await.unwrap();
+            let rest = queue.pop_batch(10);
+            assert_eq!(ids(&rest), [1, 2], "{policy:?}");
+            assert!(outcomes.lock().unwrap().is_empty(), "nothing dropped");
         }
     }
 }

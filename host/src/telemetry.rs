@@ -73,7 +73,14 @@ pub fn source_received(bytes: usize) {
 
 /// Logs and counts a message the source dropped.
 pub fn source_dropped(reason: &'static str) {
-    tracing::warn!(reason, "Source dropped a QoS 0 message.");
+    static LOG: Throttle = Throttle::new();
+    if let Some(dropped) = LOG.admit() {
+        tracing::warn!(
+            reason,
+            dropped,
+            "Source dropped QoS 0 messages; logged at most once a second, counted in {SOURCE_DROPPED}."
+        );
+    }
     counter!(SOURCE_DROPPED, "reason" => reason).increment(1);
 }
 
@@ -100,7 +107,15 @@ pub fn rule_emitted(rule: &str, n: usize) {
 
 /// Logs and counts a message a rule dropped.
 pub fn rule_dropped(rule: &str, reason: &'static str) {
-    tracing::warn!(rule, reason, "Rule dropped a QoS 0 message.");
+    static LOG: Throttle = Throttle::new();
+    if let Some(dropped) = LOG.admit() {
+        tracing::warn!(
+            rule,
+            reason,
+            dropped,
+            "Rule dropped QoS 0 messages; logged at most once a second, counted in {RULE_DROPPED}."
+        );
+    }
     counter!(RULE_DROPPED, "rule" => rule.to_owned(), "reason" => reason).increment(1);
 }
 
@@ -323,4 +338,63 @@ pub fn install_prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Lets an event that can repeat thousands of times a second (a dropped
+/// message under overload) reach the log at most once a second; the
+/// counter beside it counts every one.
+struct Throttle {
+    /// When the last line went out, in ms since [`Throttle::epoch`]; 0 =
+    /// never.
+    last_ms: std::sync::atomic::AtomicU64,
+    /// Events since the last line.
+    pending: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    const fn new() -> Throttle {
+        Throttle {
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            pending: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn epoch() -> std::time::Instant {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(std::time::Instant::now)
+    }
+
+    /// Records one event; `Some(events since the last line, this one
+    /// included)` when a line should be written now.
+    fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.pending.fetch_add(1, Relaxed);
+        // +1 so that the first event (at 0 ms) is not mistaken for "never".
+        let now = Self::epoch().elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Relaxed);
+        if last != 0 && now < last + 1000 {
+            return None;
+        }
+        self.last_ms
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .ok()
+            .map(|_| self.pending.swap(0, Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_logged_once_with_its_size() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.admit(), Some(1), "the first event is logged");
+        let admitted: Vec<Option<u64>> = (0..999).map(|_| throttle.admit()).collect();
+        assert!(admitted.iter().all(Option::is_none), "a burst is not");
+        assert_eq!(
+            throttle.pending.load(std::sync::atomic::Ordering::Relaxed),
+            999
+        );
+    }
 }
