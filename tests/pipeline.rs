@@ -67,9 +67,8 @@ impl Weir {
         }
     }
 
-    /// The value of one series of `GET /metrics` (0 when absent), e.g.
-    /// `weir_rule_dropped_total{rule="r",reason="queue_full"}`.
-    fn metric(&self, series: &str) -> f64 {
+    /// `GET path` on weir's HTTP endpoint: the status code and the body.
+    fn http_get(&self, path: &str) -> (u16, String) {
         use std::io::Read as _;
         let log = self.log();
         let addr = log
@@ -77,20 +76,53 @@ impl Weir {
             .find(|l| l.contains("Serving /metrics"))
             .and_then(|l| l.split("addr=").nth(1))
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
+            .unwrap_or_else(|| panic!("no HTTP address in the log:\n{log}"))
             .to_owned();
         let mut stream = std::net::TcpStream::connect(&addr).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         write!(
             stream,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one series of `GET /metrics` (0 when absent), e.g.
+    /// `weir_rule_dropped_total{rule="r",reason="queue_full"}`.
+    fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
         body.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Polls `GET /health` until `check` accepts (status, JSON body).
+    fn wait_for_health(&self, what: &str, check: impl Fn(u16, &serde_json::Value) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.http_get("/health");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if check(status, &json) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/health never showed {what}: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then the exit code.
@@ -387,6 +419,14 @@ to = ["forward"]
         N,
         1,
     );
+    weir.wait_for_health("the sink down", |status, health| {
+        status == 503
+            && health["status"] == "degraded"
+            && health["sinks"]["forward"]["healthy"] == false
+            && health["sinks"]["forward"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not connected"))
+    });
     // The sink's broker comes up only now; a persistent subscriber is there
     // before weir's retries reach it.
     target.start_again();
@@ -402,6 +442,9 @@ to = ["forward"]
         })
         .collect();
     assert_eq!(seen.len(), N, "every message arrives; log:\n{}", weir.log());
+    weir.wait_for_health("the sink back", |status, health| {
+        status == 200 && health["sinks"]["forward"]["healthy"] == true
+    });
     let (code, _) = weir.terminate();
     assert_eq!(code, 0);
 }

@@ -77,6 +77,13 @@ impl Pipeline {
         })
     }
 
+    /// Every sink's handle, by name.
+    pub fn sinks(&self) -> impl Iterator<Item = (&str, &SinkHandle)> {
+        self.sinks
+            .iter()
+            .map(|(name, s)| (name.as_str(), &s.handle))
+    }
+
     /// Stops intake, drains every rule, flushes every sink, lets the
     /// acknowledgements out, and disconnects.
     pub async fn shutdown(self) {

@@ -69,6 +69,8 @@ pub(super) struct Running {
         tokio::task::JoinHandle<anyhow::Result<()>>,
     )>,
     health: Health,
+    /// Tasks keeping the sinks' health entries current.
+    watchers: tokio::task::JoinSet<()>,
 }
 
 impl Running {
@@ -99,6 +101,10 @@ impl Running {
         for rule in &config.rules {
             health.set_rule(&rule.name, RuleState::Running);
         }
+        let mut watchers = tokio::task::JoinSet::new();
+        for (_, handle) in pipeline.sinks() {
+            watchers.spawn(crate::sink::report_health(handle.clone(), health.clone()));
+        }
         let http = match config.http {
             Some(addr) => {
                 let (stop, stopped) = oneshot::channel::<()>();
@@ -115,6 +121,7 @@ impl Running {
             pipeline,
             http,
             health,
+            watchers,
         })
     }
 
@@ -127,8 +134,10 @@ impl Running {
             pipeline,
             http,
             health,
+            mut watchers,
         } = self;
         pipeline.shutdown().await;
+        watchers.shutdown().await;
         for (name, _) in health.report().rules {
             health.set_rule(&name, RuleState::Stopped);
         }

@@ -42,7 +42,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -85,6 +85,20 @@ struct HandleInner {
     query_mode: QueryMode,
     metrics: Arc<SinkMetrics>,
     health: SharedHealth,
+    writes: watch::Receiver<WriteHealth>,
+}
+
+/// What the last write said about the service behind a sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteHealth {
+    /// Nothing written yet.
+    Unknown,
+    /// The service answered (even if it refused some messages: bad data is
+    /// not a health problem).
+    Reachable,
+    /// The last write failed in a way retrying may cure (network, overload,
+    /// a service restarting): the error, with its causes.
+    Unreachable(String),
 }
 
 impl SinkHandle {
@@ -136,6 +150,11 @@ impl SinkHandle {
     /// Whether the sink's service is reachable.
     pub async fn healthcheck(&self) -> anyhow::Result<()> {
         self.inner.health.check().await
+    }
+
+    /// The outcome of the latest write, updated as writes finish.
+    pub fn write_health(&self) -> watch::Receiver<WriteHealth> {
+        self.inner.writes.clone()
     }
 
     fn closed(&self) -> SinkClosed {
@@ -212,6 +231,7 @@ fn spawn_with<S: Sink>(
         .max(1);
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (writes_tx, writes) = watch::channel(WriteHealth::Unknown);
     let shared = Arc::new(Shared {
         name: name.clone(),
         sink,
@@ -219,6 +239,7 @@ fn spawn_with<S: Sink>(
         config: config.clone(),
         dead_letter,
         jitter,
+        writes: writes_tx,
     });
     let health: SharedHealth = Arc::new(HealthOf(shared.clone()));
     let handle = SinkHandle {
@@ -230,6 +251,7 @@ fn spawn_with<S: Sink>(
             query_mode: config.query_mode,
             metrics,
             health,
+            writes,
         }),
     };
     let task = tokio::spawn(run(shared, rx, stop_rx));
@@ -335,6 +357,8 @@ struct Shared<S> {
     dead_letter: Option<SinkHandle>,
     /// A number in [0, 1] per retry: the full-jitter fraction.
     jitter: fn() -> f64,
+    /// The latest write's verdict on the service.
+    writes: watch::Sender<WriteHealth>,
 }
 
 /// The driver task: intake, batching, the window of deliveries.
@@ -453,6 +477,17 @@ async fn deliver<S: Sink>(shared: Arc<Shared<S>>, batch: Group) {
         drop(request);
         shared.metrics.write_latency(started.elapsed());
 
+        shared.writes.send_if_modified(|now| {
+            let verdict = match &result {
+                Err(error) if shared.sink.classify(error) == ErrorClass::Retryable => {
+                    WriteHealth::Unreachable(error_chain(error))
+                }
+                _ => WriteHealth::Reachable,
+            };
+            let changed = *now != verdict;
+            *now = verdict;
+            changed
+        });
         match result {
             Ok(Written::All) => shared.written(items.into_iter().flatten()),
             Ok(Written::Partial(failures)) => {
@@ -898,6 +933,39 @@ mod tests {
         // Jitter is fixed at 1.0 here, so each delay is its ceiling.
         assert_eq!(gaps, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
         assert_eq!(outcome(&acks[0]), Some(AckOutcome::Accepted));
+        running.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_health_follows_retryable_failures_and_recovery_but_not_bad_data() {
+        // Attempt 1 fails retryably, 2 succeeds, 3 fails permanently (the
+        // service answered: bad data is not a health problem).
+        let sink = TestSink::new(|_, attempt| match attempt {
+            1 => Err(TestError(ErrorClass::Retryable)),
+            3 => Err(TestError(ErrorClass::Permanent)),
+            _ => Ok(Written::All),
+        });
+        let cfg = DriverConfig {
+            batch_time: Duration::ZERO,
+            ..config()
+        };
+        let running = start(&sink, &cfg, None);
+        let mut health = running.handle.write_health();
+        assert_eq!(*health.borrow(), WriteHealth::Unknown);
+
+        let _acks = send_all(&running.handle, &["x"]).await;
+        health.changed().await.unwrap();
+        assert_eq!(
+            *health.borrow_and_update(),
+            WriteHealth::Unreachable("Retryable failure".into())
+        );
+        health.changed().await.unwrap();
+        assert_eq!(*health.borrow_and_update(), WriteHealth::Reachable);
+
+        let _acks = send_all(&running.handle, &["y"]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(sink.calls().len(), 3);
+        assert!(!health.has_changed().unwrap(), "still reachable");
         running.shutdown().await;
     }
 

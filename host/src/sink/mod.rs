@@ -35,7 +35,7 @@ use crate::ack::AckToken;
 use crate::config::{BrokerConfig, SinkConfig, SinkKind};
 use crate::message::Message;
 
-pub use driver::{RunningSink, SinkClosed, SinkHandle, spawn};
+pub use driver::{RunningSink, SinkClosed, SinkHandle, WriteHealth, spawn};
 
 /// One message handed to a sink, with the token to accept once it is
 /// delivered.
@@ -201,6 +201,61 @@ pub fn start(
         }
         SinkKind::Null => spawn(name, null::NullSink, driver, dead_letter),
     })
+}
+
+/// How often [`report_health`] runs a sink's health check.
+pub const HEALTHCHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Longest a health check may take before it counts as failed.
+pub const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps sink `handle`'s entry in the `/health` registry current, until
+/// the sink shuts down: its health check at once and every
+/// [`HEALTHCHECK_INTERVAL`], and the verdict of every write as it comes.
+/// A change of state is logged once, not on every check.
+pub async fn report_health(handle: SinkHandle, health: crate::health::Health) {
+    let name = handle.name().to_owned();
+    let mut writes = handle.write_health();
+    let mut tick = tokio::time::interval(HEALTHCHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healthy: Option<bool> = None;
+    loop {
+        let verdict: Result<(), String> = tokio::select! {
+            _ = tick.tick() => {
+                match tokio::time::timeout(HEALTHCHECK_TIMEOUT, handle.healthcheck()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("health check: {e:#}")),
+                    Err(_) => Err(format!("health check: no answer within {HEALTHCHECK_TIMEOUT:?}")),
+                }
+            }
+            changed = writes.changed() => {
+                if changed.is_err() {
+                    return; // the sink is gone
+                }
+                match &*writes.borrow_and_update() {
+                    WriteHealth::Unknown => continue,
+                    WriteHealth::Reachable => Ok(()),
+                    WriteHealth::Unreachable(e) => Err(e.clone()),
+                }
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                if healthy == Some(false) {
+                    tracing::info!(sink = %name, "Sink is healthy again.");
+                }
+                health.sink_ok(&name);
+                healthy = Some(true);
+            }
+            Err(e) => {
+                if healthy != Some(false) {
+                    tracing::warn!(sink = %name, error = %e, "Sink is unhealthy.");
+                }
+                health.sink_failed(&name, e);
+                healthy = Some(false);
+            }
+        }
+    }
 }
 
 /// The erased health check a [`SinkHandle`] carries.

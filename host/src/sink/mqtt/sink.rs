@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use super::config::MqttSettings;
 use super::encode::{Encoder, Publish};
 use crate::message::Message;
+
+/// How long a health check waits for a connection that is not up yet.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
 use crate::sink::{ErrorClass, MessageFailure, Rejected, Sink, Written};
 use crate::telemetry::SinkMetrics;
 
@@ -150,11 +153,17 @@ impl Sink for MqttSink {
     }
 
     async fn healthcheck(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.tracker.connected.load(Ordering::Acquire),
-            "not connected to {}",
-            self.address
-        );
+        // The connection comes up in the background: give a sink that has
+        // just started (or is reconnecting) a moment before calling it down.
+        let deadline = Instant::now() + CONNECT_GRACE;
+        while !self.tracker.connected.load(Ordering::Acquire) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not connected to {}",
+                self.address
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(())
     }
 
