@@ -235,7 +235,8 @@ pub enum SinkSpec {
 pub struct DriverOptions {
     /// Most messages in one write. Example: `100`.
     pub batch_size: Option<usize>,
-    /// Longest a message waits for its batch to fill. Example: `"10ms"`.
+    /// Longest a message waits for its batch to fill; 0 (the default)
+    /// writes at once what is there. Example: `"10ms"`.
     pub batch_time: Option<DurationText>,
     /// Most bytes of payload in one write. Example: `1048576`.
     pub max_batch_bytes: Option<usize>,

@@ -208,8 +208,10 @@ pub enum QueryMode {
 
 /// Default of `batch_size`.
 pub const DEFAULT_BATCH_SIZE: usize = 100;
-/// Default of `batch_time`.
-pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(10);
+/// Default of `batch_time`: write at once what is there. Batches still
+/// grow under load, from what arrives while a write is out (EMQX's default
+/// is also 0).
+pub const DEFAULT_BATCH_TIME: Duration = Duration::ZERO;
 /// Default of `max_batch_bytes`.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
 /// Default of `inflight_window`.

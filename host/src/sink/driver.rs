@@ -386,6 +386,24 @@ async fn run<S: Sink>(
                 || input_done
                 || Instant::now() >= deadline);
         if ready && jobs.len() < window {
+            // Whatever is already waiting joins the batch: with
+            // `batch_time = 0` this is the only batching, and it grows by
+            // itself with the load (messages pile up while a write is out).
+            while !input_done && carry.is_none() && batch.len() < batch_size {
+                match rx.try_recv() {
+                    Ok(item) => {
+                        let bytes = item.0.payload.len();
+                        if batch_bytes + bytes > config.max_batch_bytes {
+                            carry = Some(item);
+                        } else {
+                            batch_bytes += bytes;
+                            batch.push(item);
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => input_done = true,
+                }
+            }
             let full = std::mem::replace(&mut batch, Group::new(0));
             batch_bytes = 0;
             jobs.spawn(deliver(shared.clone(), full));
@@ -1165,6 +1183,38 @@ mod tests {
         dl.shutdown().await;
         assert_eq!(sink.batches(), [["a", "b"]]);
         assert_eq!(dl_sink.batches(), [["reject"]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_batch_time_a_batch_is_what_waited_during_the_last_write() {
+        let (sink, gate) = TestSink::ok().gated();
+        let cfg = DriverConfig {
+            batch_time: Duration::ZERO,
+            batch_size: 4,
+            ..config()
+        };
+        let running = start(&sink, &cfg, None);
+        // Three at once: they go out together, at once.
+        send_all(&running.handle, &["1", "2", "3"]).await;
+        settle().await;
+        assert_eq!(sink.batches(), [["1", "2", "3"]]);
+        assert_eq!(sink.calls()[0].at, Duration::ZERO, "no waiting for company");
+        // Six more arrive while that write is out.
+        send_all(&running.handle, &["4", "5", "6", "7", "8", "9"]).await;
+        settle().await;
+        assert_eq!(sink.calls().len(), 1);
+
+        gate.add_permits(10);
+        running.shutdown().await;
+        assert_eq!(
+            sink.batches(),
+            [
+                vec!["1", "2", "3"],
+                vec!["4", "5", "6", "7"],
+                vec!["8", "9"]
+            ],
+            "what waited goes out together, up to batch_size"
+        );
     }
 
     #[tokio::test(start_paused = true)]
