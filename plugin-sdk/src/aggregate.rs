@@ -128,8 +128,6 @@ pub struct Window {
     pub start_ms: i64,
     /// End, ms since the Unix epoch (exclusive).
     pub end_ms: i64,
-    /// Messages the host fed to the window.
-    pub count: u64,
     /// The group key: `(field, value)` for each `group_by` entry.
     pub group: Vec<(String, String)>,
     /// The topic of the window's first message.
@@ -150,15 +148,12 @@ impl Window {
         struct Bounds {
             window_start: i64,
             window_end: i64,
-            #[serde(default)]
-            count: u64,
         }
         let bounds: Bounds = serde_json::from_slice(msg.payload())
             .map_err(|e| format!("host bug: the window description is not valid: {e}"))?;
         Ok(Window {
             start_ms: bounds.window_start,
             end_ms: bounds.window_end,
-            count: bounds.count,
             group: msg
                 .fields()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -482,7 +482,6 @@ impl<P: Aggregate> AggregateHarness<P> {
         let payload = serde_json::json!({
             "window_start": window.start_ms,
             "window_end": window.end_ms,
-            "count": window.count,
         });
         let mut description = TestMessage::json(window.topic.clone(), payload).ts(window.start_ms);
         for (k, v) in &window.group {

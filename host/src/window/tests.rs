@@ -1,0 +1,1 @@
+//! Unit tests of window assignment, on a manual clock.
