@@ -25,6 +25,8 @@
 //! - [`health`]: the health registry — which rules, sinks and plugins run,
 //!   and whether they are well.
 //! - [`http`]: the HTTP endpoint, `/metrics` (Prometheus) and `/health`.
+//! - [`window`]: windows for aggregation — time, watermarks, lateness,
+//!   assignment, the cap on open windows; drives aggregate plugins.
 
 pub mod ack;
 #[cfg(feature = "embedded-broker")]
@@ -42,5 +44,6 @@ pub mod source;
 pub mod telemetry;
 pub mod template;
 pub mod tls;
+pub mod window;
 
 pub use message::{Fields, Message};

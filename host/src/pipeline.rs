@@ -26,19 +26,30 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use crate::ack::AckToken;
 use crate::config::{Backpressure, Config, PayloadFormat, RuleConfig};
-use crate::engine::Instance;
+use crate::engine::{Aggregator, Instance};
 use crate::message::{Fields, Message};
 use crate::rule::{Router, subscriptions};
 use crate::sink::{RunningSink, SinkContext, SinkHandle, SinkInput};
 use crate::source::{Incoming, Source};
 use crate::telemetry;
+use crate::window::{SystemClock, WindowOperator};
 
 /// Most messages a rule takes from its queue for one batch.
 pub const RULE_BATCH: usize = 256;
+
+/// How often an idle rule with window steps advances their watermarks
+/// with the clock, so processing-time windows close without new input.
+/// Bounds how late such a window is emitted.
+pub const WINDOW_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `origin` of a message no single input produced (a window's result):
+/// acknowledged by nobody, reported as itself.
+const NO_INPUT: usize = usize::MAX;
 
 /// A running pipeline.
 pub struct Pipeline {
@@ -241,6 +252,71 @@ impl RuleQueue {
         self.state.lock().unwrap().closed = true;
         self.ready.notify_all();
     }
+
+    /// Like [`pop_batch`](Self::pop_batch), but gives up after `timeout`:
+    /// `None` when it timed out, an empty batch when the queue is closed.
+    fn pop_batch_timeout(
+        &self,
+        max: usize,
+        timeout: std::time::Duration,
+    ) -> Option<Vec<(Message, AckToken)>> {
+        let state = self.state.lock().unwrap();
+        let (mut state, waited) = self
+            .ready
+            .wait_timeout_while(state, timeout, |s| s.items.is_empty() && !s.closed)
+            .unwrap();
+        if waited.timed_out() && state.items.is_empty() && !state.closed {
+            return None;
+        }
+        let n = state.items.len().min(max);
+        let batch: Vec<_> = state.items.drain(..n).collect();
+        drop(state);
+        self.room.notify_waiters();
+        Some(batch)
+    }
+}
+
+/// One step of a rule: a transform, or a window feeding an aggregate plugin.
+enum RuleStep {
+    Transform(Box<Instance>),
+    Window(Box<WindowStep>),
+}
+
+struct WindowStep {
+    op: WindowOperator,
+    aggregator: Aggregator,
+    /// Sink for events later than the allowed lateness.
+    late: Option<SinkHandle>,
+}
+
+impl RuleStep {
+    fn name(&self) -> &str {
+        match self {
+            RuleStep::Transform(i) => i.name(),
+            RuleStep::Window(w) => w.aggregator.name(),
+        }
+    }
+}
+
+/// The rule input message `index` of a step's batch came from, and its
+/// ack token; a window's result stands for itself (`fallback`, else an
+/// empty message) with a token nobody waits on.
+fn source(
+    inputs: &[Message],
+    tokens: &[AckToken],
+    origin: &[usize],
+    index: usize,
+    fallback: Option<&Message>,
+) -> (Message, AckToken) {
+    match origin.get(index).copied() {
+        Some(i) if i != NO_INPUT && i < inputs.len() => (inputs[i].clone(), tokens[i].clone()),
+        _ => (
+            fallback
+                .cloned()
+                .unwrap_or_else(|| Message::new("", Bytes::new(), 0)),
+            AckToken::untracked(),
+        ),
+    }
 }
 
 /// A rule's worker thread and queue.
@@ -259,12 +335,32 @@ impl RuleWorker {
         let mut steps = Vec::new();
         for step in &rule.steps {
             let plugin = &config.plugins[&step.plugin];
-            let instance = plugin
-                .plugin
-                .instantiate(&step.plugin, &step.config, plugin.limits)
-                .with_context(|| format!("rule {:?}: step {:?}", rule.name, step.plugin))?;
-            steps.push(instance);
+            let context = || format!("rule {:?}: step {:?}", rule.name, step.plugin);
+            match &step.window {
+                None => {
+                    let instance = plugin
+                        .plugin
+                        .instantiate(&step.plugin, &step.config, plugin.limits)
+                        .with_context(context)?;
+                    steps.push(RuleStep::Transform(Box::new(instance)));
+                }
+                Some(window) => {
+                    let aggregator = plugin
+                        .plugin
+                        .instantiate_aggregator(&step.plugin, &step.config, plugin.limits)
+                        .with_context(context)?;
+                    let name = format!("{}/{}", rule.name, step.plugin);
+                    let op = WindowOperator::new(&name, window.clone(), Arc::new(SystemClock));
+                    let late = window.late_to.as_ref().map(|n| sinks[n].clone());
+                    steps.push(RuleStep::Window(Box::new(WindowStep {
+                        op,
+                        aggregator,
+                        late,
+                    })));
+                }
+            }
         }
+        let windowed = steps.iter().any(|s| matches!(s, RuleStep::Window(_)));
         let to = rule.to.iter().map(|name| sinks[name].clone()).collect();
         let errors = rule.errors.as_ref().map(|name| sinks[name].clone());
         let queue = Arc::new(RuleQueue::new(
@@ -286,11 +382,26 @@ impl RuleWorker {
             .name(format!("rule-{}", rule.name))
             .spawn(move || {
                 loop {
-                    let batch = q.pop_batch(RULE_BATCH);
+                    let batch = if windowed {
+                        match q.pop_batch_timeout(RULE_BATCH, WINDOW_TICK) {
+                            Some(batch) => batch,
+                            None => {
+                                worker.tick(false);
+                                continue;
+                            }
+                        }
+                    } else {
+                        q.pop_batch(RULE_BATCH)
+                    };
                     if batch.is_empty() {
+                        // Shutdown: open windows are finished, not lost.
+                        worker.tick(true);
                         return;
                     }
                     worker.process(batch);
+                    if windowed {
+                        worker.tick(false);
+                    }
                 }
             })
             .context("cannot start a rule thread")?;
@@ -302,7 +413,7 @@ struct Worker {
     rule: Arc<str>,
     format: PayloadFormat,
     max_payload_bytes: usize,
-    steps: Vec<Instance>,
+    steps: Vec<RuleStep>,
     to: Vec<SinkHandle>,
     errors: Option<SinkHandle>,
     runtime: tokio::runtime::Handle,
@@ -338,20 +449,88 @@ impl Worker {
             origin.push(i);
         }
 
-        // Plugin steps, each over the whole batch.
+        self.run_steps(0, messages, origin, &inputs, &tokens);
+        for token in tokens {
+            token.accept();
+        }
+        telemetry::rule_latency(&self.rule, started.elapsed());
+    }
+
+    /// Advances every window step with the clock (or, `flush`, finishes
+    /// every open window) and sends the results on through the steps after
+    /// it.
+    fn tick(&mut self, flush: bool) {
         for s in 0..self.steps.len() {
+            let RuleStep::Window(w) = &mut self.steps[s] else {
+                continue;
+            };
+            let step = if flush {
+                w.op.flush(&mut w.aggregator)
+            } else {
+                w.op.tick(&mut w.aggregator)
+            };
+            if step.outputs.is_empty() {
+                continue;
+            }
+            let origin = vec![NO_INPUT; step.outputs.len()];
+            self.run_steps(s + 1, step.outputs, origin, &[], &[]);
+        }
+    }
+
+    /// Runs `messages` through the steps from `first` on, then delivers.
+    /// `origin[i]` is the index in `inputs` (and `tokens`) of the rule
+    /// input message `i` came from, or [`NO_INPUT`].
+    fn run_steps(
+        &mut self,
+        first: usize,
+        mut messages: Vec<Message>,
+        mut origin: Vec<usize>,
+        inputs: &[Message],
+        tokens: &[AckToken],
+    ) {
+        // Plugin steps, each over the whole batch.
+        for s in first..self.steps.len() {
             if messages.is_empty() {
                 break;
             }
+            let step = self.steps[s].name().to_owned();
+            if let RuleStep::Window(w) = &mut self.steps[s] {
+                let result =
+                    w.op.process(&mut w.aggregator, std::mem::take(&mut messages));
+                let late = w.late.clone();
+                for r in &result.rejected {
+                    let (m, token) = source(inputs, tokens, &origin, r.input, None);
+                    self.report(&m, &token, r.kind, Some(&step), &r.reason);
+                }
+                for (input, message) in result.late {
+                    let (_, token) = source(inputs, tokens, &origin, input, None);
+                    if let Some(sink) = &late
+                        && self
+                            .runtime
+                            .block_on(sink.send(SinkInput {
+                                message,
+                                ack: token,
+                            }))
+                            .is_err()
+                    {
+                        tracing::error!(rule = %self.rule, sink = sink.name(), "Late-event sink is closed.");
+                    }
+                }
+                origin = vec![NO_INPUT; result.outputs.len()];
+                messages = result.outputs;
+                continue;
+            }
+            let RuleStep::Transform(instance) = &mut self.steps[s] else {
+                unreachable!("window steps are handled above");
+            };
             // The step consumes its inputs (a passthrough moves rather than
             // clones); a failure is reported with the rule's original input,
             // the message a user can replay.
-            let outcome = self.steps[s].process_owned(std::mem::take(&mut messages));
-            let step = self.steps[s].name().to_owned();
+            let outcome = instance.process_owned(std::mem::take(&mut messages));
             for f in &outcome.failures {
-                let input = origin[f.input];
                 let kind = f.kind.as_str();
-                self.report(&inputs[input], &tokens[input], kind, Some(&step), &f.reason);
+                let (m, token) = source(inputs, tokens, &origin, f.input, None);
+                self.report(&m, &token, kind, Some(&step), &f.reason);
             }
             origin = outcome.outputs.iter().map(|o| origin[o.input]).collect();
             messages = outcome.outputs.into_iter().map(|o| o.message).collect();
@@ -363,17 +542,16 @@ impl Worker {
             for sink in &self.to {
                 let input = SinkInput {
                     message: m.clone(),
-                    ack: tokens[input].clone(),
+                    ack: tokens
+                        .get(input)
+                        .cloned()
+                        .unwrap_or_else(AckToken::untracked),
                 };
                 if self.runtime.block_on(sink.send(input)).is_err() {
                     tracing::error!(rule = %self.rule, sink = sink.name(), "Sink is closed; the message stays unacknowledged.");
                 }
             }
         }
-        for token in tokens {
-            token.accept();
-        }
-        telemetry::rule_latency(&self.rule, started.elapsed());
     }
 
     /// Logs and counts a message the rule could not process, and sends a

@@ -340,6 +340,60 @@ pub fn install_prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
         .clone()
 }
 
+/// Windows finished with a result. Labels: `step`.
+pub const WINDOW_FIRED: &str = "weir_window_fired_total";
+/// Windows whose result failed (plugin failure, lost state). Labels:
+/// `step`, `kind`.
+pub const WINDOW_FAILED: &str = "weir_window_failed_total";
+/// Events later than their windows' allowed lateness. Labels: `step`.
+pub const WINDOW_LATE: &str = "weir_window_late_events_total";
+/// Times a window step hit its `max_open` cap. Labels: `step`, `policy`.
+pub const WINDOW_FULL: &str = "weir_window_full_total";
+/// Open windows × groups of a window step. Labels: `step`.
+pub const WINDOW_OPEN: &str = "weir_window_open";
+
+/// Logs and counts windows whose result failed.
+pub fn window_failed(step: &str, kind: &'static str, windows: usize, reason: &str) {
+    if windows == 0 {
+        return;
+    }
+    tracing::warn!(
+        step,
+        kind,
+        windows,
+        reason,
+        "Windows failed; they produce no output."
+    );
+    counter!(WINDOW_FAILED, "step" => step.to_owned(), "kind" => kind).increment(windows as u64);
+}
+
+/// Counts a late event (logged at debug: a late stream would flood the log).
+pub fn window_late(step: &str) {
+    tracing::debug!(step, "Event is later than its windows' allowed lateness.");
+    counter!(WINDOW_LATE, "step" => step.to_owned()).increment(1);
+}
+
+/// Logs and counts a window step at its cap.
+pub fn window_full(step: &str, policy: &'static str, max_open: usize) {
+    tracing::warn!(
+        step,
+        policy,
+        max_open,
+        "Window step is at its cap of open windows."
+    );
+    counter!(WINDOW_FULL, "step" => step.to_owned(), "policy" => policy).increment(1);
+}
+
+/// Counts windows finished with a result, and the open windows left.
+pub fn window_open(step: &str, open: usize) {
+    metrics::gauge!(WINDOW_OPEN, "step" => step.to_owned()).set(open as f64);
+}
+
+/// Counts windows finished with a result.
+pub fn window_fired(step: &str, windows: usize) {
+    counter!(WINDOW_FIRED, "step" => step.to_owned()).increment(windows as u64);
+}
+
 /// Lets an event that can repeat thousands of times a second (a dropped
 /// message under overload) reach the log at most once a second; the
 /// counter beside it counts every one.

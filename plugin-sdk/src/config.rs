@@ -19,7 +19,7 @@ pub(crate) fn init<T: Transform>(config: &str) -> Result<T, String> {
     T::init(config).map_err(|e| format!("invalid config: {e}"))
 }
 
-fn parse<C: DeserializeOwned>(config: &str) -> Result<C, String> {
+pub(crate) fn parse<C: DeserializeOwned>(config: &str) -> Result<C, String> {
     // A plugin without a config table may be handed an empty string.
     let config = if config.trim().is_empty() {
         "{}"

@@ -81,6 +81,14 @@
 //! plugin's name; [`now_ms`] reads the host's clock. Plugins have no other
 //! access to the outside world (no files, network or environment).
 //!
+//! # Aggregate plugins
+//!
+//! Windows (`tumbling`, `hopping`, `sliding`, `session`, `count`) are
+//! managed by the host; a plugin that folds a window's messages into a
+//! result implements [`Aggregate`] (create, add, merge, finish) and calls
+//! [`export_aggregate!`]. The [`aggregate`] module shows a complete one;
+//! `plugins/stats` is the ready-made one.
+//!
 //! # Testing natively
 //!
 //! Plugin crates compile natively too (the wasm exports exist only on
@@ -93,6 +101,7 @@
 // SDK's own tests and doctests too.
 extern crate self as weir_sdk;
 
+pub mod aggregate;
 mod config;
 mod error;
 pub mod json;
@@ -105,6 +114,7 @@ pub mod runtime;
 pub mod testing;
 mod transform;
 
+pub use aggregate::{Aggregate, Window};
 pub use error::{Error, Result};
 pub use message::{Fields, Message};
 pub use output::{Emitter, Output};
@@ -131,6 +141,23 @@ pub mod __bindings {
         default_bindings_module: "weir_sdk::__bindings",
         // Lets `log` take `&[(&str, &str)]` without building `String`s.
         ownership: Borrowing { duplicate_if_necessary: false },
+    });
+}
+
+/// Bindings for the `aggregator` world. Its shared interfaces are the
+/// `transformer` bindings' own, so a batch has one type in both worlds.
+#[doc(hidden)]
+pub mod __aggregator_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "aggregator",
+        pub_export_macro: true,
+        export_macro_name: "__export_aggregator",
+        default_bindings_module: "weir_sdk::__aggregator_bindings",
+        with: {
+            "weir:plugin/types@0.1.0": weir_sdk::__bindings::weir::plugin::types,
+            "weir:plugin/host@0.1.0": weir_sdk::__bindings::weir::plugin::host,
+        },
     });
 }
 

@@ -36,7 +36,7 @@ use crate::__bindings::weir::plugin::types::{Batch, Outcome};
 use crate::log::Record;
 use crate::message::{self, EVENT_WORDS, Fields, encode_field, join_i64, split_i64};
 use crate::output::{OUTPUT_WORDS, flag, word};
-use crate::{Kind, Transform, config, log, runtime};
+use crate::{Aggregate, Kind, Transform, Window, aggregate, config, log, runtime};
 
 /// One input message for a test run. Timestamp and QoS default to 0.
 #[derive(Clone, Debug, PartialEq)]
@@ -399,5 +399,120 @@ fn decode_output(messages: &[TestMessage], data: &[u8], words: &[u32; OUTPUT_WOR
             fields: fields.is_some(),
             timestamp: timestamp.is_some(),
         },
+    }
+}
+
+/// An aggregate plugin under test: accumulators driven natively through the
+/// same code the `aggregate` exports run, by the ids a host would choose.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use serde_json::{Value, json};
+/// # use weir_sdk::{Aggregate, Message, NoConfig, Result, Window};
+/// # struct Count;
+/// # impl Aggregate for Count {
+/// #     type Config = NoConfig;
+/// #     type Acc = u64;
+/// #     fn init(_: NoConfig) -> Result<Self> { Ok(Count) }
+/// #     fn create(&self) -> u64 { 0 }
+/// #     fn add(&self, acc: &mut u64, _: &Message) -> Result<()> { *acc += 1; Ok(()) }
+/// #     fn merge(&self, into: &mut u64, from: &u64) { *into += from }
+/// #     fn finish(&self, acc: u64, _: &Window) -> Result<Option<Value>> { Ok(Some(json!({"n": acc}))) }
+/// # }
+/// use weir_sdk::testing::{AggregateHarness, TestMessage};
+///
+/// let mut h = AggregateHarness::<Count>::new(json!({})).unwrap();
+/// h.add(1, &[TestMessage::text("t", "a"), TestMessage::text("t", "b")]);
+/// h.add(2, &[TestMessage::text("t", "c")]);
+/// h.merge(1, 2);
+/// assert_eq!(h.finish(1).unwrap(), Some(json!({"n": 3})));
+/// ```
+pub struct AggregateHarness<P: Aggregate> {
+    state: aggregate::State<P>,
+}
+
+impl<P: Aggregate> fmt::Debug for AggregateHarness<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AggregateHarness")
+            .field("plugin", &std::any::type_name::<P>())
+            .field("live", &self.state.accs.len())
+            .finish()
+    }
+}
+
+impl<P: Aggregate> AggregateHarness<P> {
+    /// Initialises the plugin with `config`; the error is the host's text.
+    pub fn new(config: Value) -> Result<Self, String> {
+        let plugin = aggregate::build::<P>(&config.to_string())?;
+        Ok(Self {
+            state: aggregate::State::new(plugin),
+        })
+    }
+
+    /// Feeds `messages` to accumulator `id`; returns the rejected messages
+    /// as `(index, reason)`.
+    pub fn add(&mut self, id: u32, messages: &[TestMessage]) -> Vec<(usize, String)> {
+        let batch = encode(messages);
+        let targets: Vec<u32> = (0..messages.len() as u32).flat_map(|i| [i, id]).collect();
+        self.state
+            .accumulate(&batch, &targets)
+            .into_iter()
+            .map(|f| (f.input as usize, f.message))
+            .collect()
+    }
+
+    /// Folds accumulator `source` into `target`.
+    pub fn merge(&mut self, target: u32, source: u32) {
+        self.state.merge(target, source);
+    }
+
+    /// Finishes accumulator `id` for a window `[0, 1000)` with no group.
+    pub fn finish(&mut self, id: u32) -> Result<Option<Value>, String> {
+        let window = Window {
+            start_ms: 0,
+            end_ms: 1000,
+            ..Window::default()
+        };
+        self.finish_window(id, &window)
+    }
+
+    /// Finishes accumulator `id` for `window`: the aggregate fields it
+    /// returned, `None` for no output, or the failure.
+    pub fn finish_window(&mut self, id: u32, window: &Window) -> Result<Option<Value>, String> {
+        let payload = serde_json::json!({
+            "window_start": window.start_ms,
+            "window_end": window.end_ms,
+        });
+        let mut description = TestMessage::json(window.topic.clone(), payload).ts(window.start_ms);
+        for (k, v) in &window.group {
+            description = description.field(k.clone(), v.clone());
+        }
+        let batch = encode(std::slice::from_ref(&description));
+        let outcome = self.state.finish(&[id], &batch);
+        if let Some(f) = outcome.failures.first() {
+            return Err(f.message.clone());
+        }
+        let run = decode(std::slice::from_ref(&description), &outcome);
+        Ok(run.outputs.first().map(TestOutput::json))
+    }
+
+    /// The serialised state of accumulator `id`.
+    pub fn snapshot(&self, id: u32) -> Result<Vec<u8>, String> {
+        self.state.snapshot(id)
+    }
+
+    /// Sets accumulator `id` from a snapshot.
+    pub fn restore(&mut self, id: u32, state: &[u8]) -> Result<(), String> {
+        self.state.restore(id, state)
+    }
+
+    /// Accumulators currently held.
+    pub fn live(&self) -> usize {
+        self.state.accs.len()
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &P {
+        &self.state.plugin
     }
 }

@@ -77,6 +77,16 @@ const GUESTS: &[Guest] = &[
         doc: "`plugins/dedupe`: a stateful filter that drops messages whose key it let through recently.",
     },
     Guest {
+        name: "stats",
+        lang: Lang::Rust,
+        doc: "`plugins/stats`: an aggregate plugin (world `aggregator`): count, sum, min, max, avg, first, last, stddev, percentiles.",
+    },
+    Guest {
+        name: "rise",
+        lang: Lang::Rust,
+        doc: "`plugins/rise`: an aggregate plugin: the largest rise of a reading within each window.",
+    },
+    Guest {
         name: "noop",
         lang: Lang::Rust,
         doc: "`tests/guests/noop`: passes every message through unchanged; the boundary-cost baseline.",
@@ -85,6 +95,11 @@ const GUESTS: &[Guest] = &[
         name: "chaos",
         lang: Lang::Rust,
         doc: "`tests/guests/chaos`: traps, loops, hogs memory or probes the sandbox on request.",
+    },
+    Guest {
+        name: "agg-chaos",
+        lang: Lang::Rust,
+        doc: "`tests/guests/agg-chaos`: an aggregate plugin that counts and sums, and traps in `add` or `finish` on request.",
     },
     Guest {
         name: "layout-probe",

@@ -381,5 +381,97 @@ pub enum StepSpec {
         /// Keys merged over the plugin's config.
         #[serde(default)]
         config: serde_json::Map<String, serde_json::Value>,
+        /// Makes this a window step: the plugin is an aggregate plugin, fed
+        /// the messages of each window and group. Example: `{ kind =
+        /// "tumbling", size = "10s", group_by = ["device"] }`.
+        window: Option<Box<WindowStepSpec>>,
     },
+}
+
+/// The window of a window step (see `weir::window` and the README's
+/// "Windows and aggregation").
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowStepSpec {
+    /// `"tumbling"`, `"hopping"`, `"sliding"`, `"session"` or `"count"`.
+    /// Example: `"tumbling"`.
+    pub kind: WindowKindName,
+    /// Window length (tumbling, hopping, sliding). Example: `"10s"`.
+    pub size: Option<DurationText>,
+    /// Distance between window starts: a duration for hopping windows, a
+    /// number of events for count windows. Example: `"5s"` or `2`.
+    pub hop: Option<HopSpec>,
+    /// Quiet time that ends a session. Example: `"30s"`.
+    pub gap: Option<DurationText>,
+    /// Longest session. Example: `"5m"`.
+    pub max_length: Option<DurationText>,
+    /// Events per count window. Example: `100`.
+    pub count: Option<u64>,
+    /// Sliding windows only: the events that close a window (all when
+    /// absent). Example: `{ field = "temp", op = ">", value = 30 }`.
+    pub trigger: Option<TriggerSpec>,
+    /// Group key: captures or fields by name, else dotted payload paths.
+    /// Example: `["device"]`.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Event time from this payload field (dotted path); processing time
+    /// when absent. Example: `"ts"`.
+    pub time_field: Option<String>,
+    /// How `time_field` is written: `"ms"`, `"s"` or `"rfc3339"`. Example: `"ms"`.
+    pub time_format: Option<crate::window::TimeFormat>,
+    /// Event time: how far out of order events may arrive. Example: `"2s"`.
+    pub max_out_of_orderness: Option<DurationText>,
+    /// Event time: how long a finished window still takes late events (and
+    /// is finished again). Example: `"1m"`.
+    pub allowed_lateness: Option<DurationText>,
+    /// Event time: quiet time after which the watermark follows the clock.
+    /// Example: `"30s"`.
+    pub idle_timeout: Option<DurationText>,
+    /// Cap on open windows × groups. Example: `100000`.
+    pub max_open: Option<usize>,
+    /// At the cap: `"emit_oldest"` (finish the oldest window early) or
+    /// `"drop_newest"` (drop the event). Example: `"emit_oldest"`.
+    pub on_full: Option<crate::window::FullPolicy>,
+    /// Sink that receives events later than the allowed lateness. Example:
+    /// `"late"`.
+    pub late_to: Option<String>,
+}
+
+/// The window kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKindName {
+    /// Fixed, non-overlapping windows.
+    Tumbling,
+    /// Fixed windows starting every `hop`.
+    Hopping,
+    /// A window ending at each (triggering) event.
+    Sliding,
+    /// Bursts of activity per group, split by `gap`.
+    Session,
+    /// Every `count` events of a group.
+    Count,
+}
+
+/// A hop: a duration (hopping windows) or a number of events (count
+/// windows).
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HopSpec {
+    /// Example: `"5s"`.
+    Duration(DurationText),
+    /// Example: `2`.
+    Events(u64),
+}
+
+/// A sliding window's trigger.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Dotted payload path. Example: `"temp"`.
+    pub field: String,
+    /// `">"`, `">="`, `"<"`, `"<="`, `"=="` or `"!="`. Example: `">"`.
+    pub op: crate::window::CompareOp,
+    /// A number, string or boolean. Example: `30`.
+    pub value: serde_json::Value,
 }

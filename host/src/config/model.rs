@@ -334,4 +334,6 @@ pub struct StepConfig {
     /// The plugin's config with the step's keys merged over it; `init`
     /// accepted it during validation.
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// A window step's window; the plugin is then an aggregate plugin.
+    pub window: Option<crate::window::WindowSpec>,
 }

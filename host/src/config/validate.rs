@@ -24,7 +24,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::diagnostic::{Reporter, did_you_mean};
-use super::manifest::{Broker, Http, PluginSpec, RuleSpec, SinkSpec, StepSpec};
+use super::manifest::{
+    Broker, HopSpec, Http, PluginSpec, RuleSpec, SinkSpec, StepSpec, WindowKindName, WindowStepSpec,
+};
 use super::model::*;
 use super::secret::{self, Secret};
 use super::shape::{Node, Seg, at, table_label, value_label};
@@ -980,7 +982,7 @@ impl<'a, 's> Validator<'a, 's> {
             ok = false;
         }
 
-        let steps = self.steps(i, &spec.steps, plugin_names, plugins);
+        let steps = self.steps(i, &spec.steps, plugin_names, plugins, sink_names);
         ok &= steps.is_some();
 
         if spec.to.is_empty() {
@@ -1049,18 +1051,34 @@ impl<'a, 's> Validator<'a, 's> {
         specs: &[StepSpec],
         plugin_names: &[String],
         plugins: &BTreeMap<String, PluginConfig>,
+        sink_names: &[String],
     ) -> Option<Vec<StepConfig>> {
         let mut out = Vec::new();
         let mut ok = true;
         for (j, step) in specs.iter().enumerate() {
             let sp = at!["rules", i, "steps", j];
-            let (name, overrides, name_path) = match step {
-                StepSpec::Plugin(name) => (name, None, sp.to_vec()),
-                StepSpec::WithConfig { plugin, config } => (
+            let (name, overrides, name_path, window_spec) = match step {
+                StepSpec::Plugin(name) => (name, None, sp.to_vec(), None),
+                StepSpec::WithConfig {
+                    plugin,
+                    config,
+                    window,
+                } => (
                     plugin,
                     Some(config),
                     at!["rules", i, "steps", j, "plugin"].to_vec(),
+                    window.as_deref(),
                 ),
+            };
+            let window = match window_spec {
+                Some(w) => match self.window(i, j, w, sink_names) {
+                    Some(w) => Some(w),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+                None => None,
             };
             let step_label = self.table_label(&sp);
             if !plugin_names.iter().any(|p| p == name) {
@@ -1092,7 +1110,18 @@ impl<'a, 's> Validator<'a, 's> {
             }
             // `instantiate` checks the keys against what the plugin accepts
             // and runs its `init`: exactly what `weir run` will do.
-            if let Err(e) = plugin.plugin.instantiate(name, &config, plugin.limits) {
+            let started = if window.is_some() {
+                plugin
+                    .plugin
+                    .instantiate_aggregator(name, &config, plugin.limits)
+                    .map(drop)
+            } else {
+                plugin
+                    .plugin
+                    .instantiate(name, &config, plugin.limits)
+                    .map(drop)
+            };
+            if let Err(e) = started {
                 ok = false;
                 match &e {
                     PluginError::UnknownConfigKey {
@@ -1138,9 +1167,270 @@ impl<'a, 's> Validator<'a, 's> {
             out.push(StepConfig {
                 plugin: name.clone(),
                 config,
+                window,
             });
         }
         ok.then_some(out)
+    }
+
+    /// Resolves a window step's `window` table: the keys its kind needs,
+    /// none it ignores, positive sizes, and an existing `late_to` sink.
+    fn window(
+        &mut self,
+        i: usize,
+        j: usize,
+        spec: &WindowStepSpec,
+        sink_names: &[String],
+    ) -> Option<crate::window::WindowSpec> {
+        use crate::window::{FullPolicy, TimeFormat, TimeSource, WindowKind, WindowSpec};
+        let p = |key: &str| at!["rules", i, "steps", j, "window", key].to_vec();
+        let kind_name = spec.kind;
+        let kind_text = match kind_name {
+            WindowKindName::Tumbling => "tumbling",
+            WindowKindName::Hopping => "hopping",
+            WindowKindName::Sliding => "sliding",
+            WindowKindName::Session => "session",
+            WindowKindName::Count => "count",
+        };
+        let mut ok = true;
+        // Keys that do not apply to this kind: reported, not ignored.
+        let present: [(&str, bool); 6] = [
+            ("size", spec.size.is_some()),
+            ("hop", spec.hop.is_some()),
+            ("gap", spec.gap.is_some()),
+            ("max_length", spec.max_length.is_some()),
+            ("count", spec.count.is_some()),
+            ("trigger", spec.trigger.is_some()),
+        ];
+        let applies: &[&str] = match kind_name {
+            WindowKindName::Tumbling => &["size"],
+            WindowKindName::Hopping => &["size", "hop"],
+            WindowKindName::Sliding => &["size", "trigger"],
+            WindowKindName::Session => &["gap", "max_length"],
+            WindowKindName::Count => &["count", "hop"],
+        };
+        for (key, is_set) in present {
+            if is_set && !applies.contains(&key) {
+                let span = self.key_span(&p(key));
+                self.r
+                    .error(
+                        span,
+                        format!("\"{key}\" does not apply to {kind_text} windows"),
+                    )
+                    .hint(format!("{kind_text} windows take: {}", applies.join(", ")));
+                ok = false;
+            }
+        }
+        let kind_path = p("kind");
+        let required = |this: &mut Self, key: &str, example: &str| {
+            let span = this.span(&kind_path);
+            this.r
+                .error(span, format!("a {kind_text} window needs \"{key}\""))
+                .hint(format!("e.g. {key} = {example}"));
+        };
+        let positive = |this: &mut Self,
+                        key: &str,
+                        text: &Option<super::manifest::DurationText>|
+         -> Option<Option<i64>> {
+            let Some(text) = text else { return Some(None) };
+            let d = this.duration(&p(key), &text.0)?;
+            if d.is_zero() {
+                let what = this.value_label(&p(key));
+                this.error(&p(key), format!("{what} must be more than 0"));
+                return None;
+            }
+            Some(Some(d.as_millis() as i64))
+        };
+        // A bad duration is reported and counts as absent from here on.
+        let mut checked =
+            |this: &mut Self, key: &str, text: &Option<super::manifest::DurationText>| {
+                positive(this, key, text).unwrap_or_else(|| {
+                    ok = false;
+                    None
+                })
+            };
+        let size_bad = spec.size.is_some();
+        let gap_bad = spec.gap.is_some();
+        let size = checked(self, "size", &spec.size);
+        let gap = checked(self, "gap", &spec.gap);
+        let max_length = checked(self, "max_length", &spec.max_length);
+        let lateness = checked(self, "allowed_lateness", &spec.allowed_lateness);
+        let idle = checked(self, "idle_timeout", &spec.idle_timeout);
+        let (size_bad, gap_bad) = (size_bad && size.is_none(), gap_bad && gap.is_none());
+        let bound = match &spec.max_out_of_orderness {
+            None => 0,
+            Some(text) => match self.duration(&p("max_out_of_orderness"), &text.0) {
+                Some(d) => d.as_millis() as i64,
+                None => {
+                    ok = false;
+                    0
+                }
+            },
+        };
+        // Each problem is reported; none stops the others from being seen.
+        let mut hop_bad = false;
+        let hop_duration = match &spec.hop {
+            Some(HopSpec::Duration(text)) if kind_name == WindowKindName::Hopping => {
+                match self.duration(&p("hop"), &text.0) {
+                    Some(d) if !d.is_zero() => Some(d.as_millis() as i64),
+                    Some(_) => {
+                        let what = self.value_label(&p("hop"));
+                        self.error(&p("hop"), format!("{what} must be more than 0"));
+                        hop_bad = true;
+                        None
+                    }
+                    None => {
+                        hop_bad = true;
+                        None
+                    }
+                }
+            }
+            Some(HopSpec::Events(_)) if kind_name == WindowKindName::Hopping => {
+                let what = self.value_label(&p("hop"));
+                self.error(
+                    &p("hop"),
+                    format!("{what} of a hopping window is a duration"),
+                )
+                .hint("e.g. hop = \"5s\"");
+                hop_bad = true;
+                None
+            }
+            Some(HopSpec::Duration(_)) if kind_name == WindowKindName::Count => {
+                let what = self.value_label(&p("hop"));
+                self.error(
+                    &p("hop"),
+                    format!("{what} of a count window is a number of events"),
+                )
+                .hint("e.g. hop = 2");
+                hop_bad = true;
+                None
+            }
+            _ => None,
+        };
+        let kind = match kind_name {
+            WindowKindName::Tumbling | WindowKindName::Sliding | WindowKindName::Hopping
+                if size.is_none() =>
+            {
+                if !size_bad {
+                    required(self, "size", "\"10s\"");
+                }
+                None
+            }
+            WindowKindName::Tumbling => Some(WindowKind::Tumbling {
+                size_ms: size.expect("checked"),
+            }),
+            WindowKindName::Hopping => {
+                let size_ms = size.expect("checked");
+                match hop_duration {
+                    None if hop_bad => None,
+                    None => {
+                        required(self, "hop", "\"5s\"");
+                        None
+                    }
+                    Some(hop_ms) if hop_ms > size_ms => {
+                        let what = self.value_label(&p("hop"));
+                        self.error(
+                            &p("hop"),
+                            format!("{what} is longer than the window's size"),
+                        )
+                        .hint("events between windows would belong to none; use hop <= size");
+                        None
+                    }
+                    Some(hop_ms) => Some(WindowKind::Hopping { size_ms, hop_ms }),
+                }
+            }
+            WindowKindName::Sliding => Some(WindowKind::Sliding {
+                size_ms: size.expect("checked"),
+                trigger: spec.trigger.as_ref().map(|t| crate::window::Trigger {
+                    field: t.field.clone(),
+                    op: t.op,
+                    value: t.value.clone(),
+                }),
+            }),
+            WindowKindName::Session => match gap {
+                None if gap_bad => None,
+                None => {
+                    required(self, "gap", "\"30s\"");
+                    None
+                }
+                Some(gap_ms) => Some(WindowKind::Session {
+                    gap_ms,
+                    max_length_ms: max_length,
+                }),
+            },
+            WindowKindName::Count => match spec.count {
+                None => {
+                    required(self, "count", "100");
+                    None
+                }
+                Some(count) => {
+                    let hop = match spec.hop {
+                        Some(HopSpec::Events(h)) => h,
+                        _ => count,
+                    };
+                    let mut fine = !hop_bad;
+                    for (key, v) in [("count", count), ("hop", hop)] {
+                        if v == 0
+                            && (key == "count" || matches!(spec.hop, Some(HopSpec::Events(_))))
+                        {
+                            let what = self.value_label(&p(key));
+                            self.error(&p(key), format!("{what} must be at least 1"));
+                            fine = false;
+                        }
+                    }
+                    fine.then_some(WindowKind::Count { count, hop })
+                }
+            },
+        };
+        let time = match (&spec.time_field, spec.time_format) {
+            (Some(field), format) => TimeSource::Event {
+                field: field.clone(),
+                format: format.unwrap_or(TimeFormat::Ms),
+            },
+            (None, Some(_)) => {
+                let span = self.key_span(&p("time_format"));
+                self.r
+                    .error(span, "\"time_format\" without \"time_field\"")
+                    .hint("name the payload field that holds the event time, e.g. time_field = \"ts\"; without it windows use processing time");
+                ok = false;
+                TimeSource::Processing
+            }
+            (None, None) => TimeSource::Processing,
+        };
+        if spec.time_field.is_none() {
+            for (key, is_set) in [
+                ("max_out_of_orderness", spec.max_out_of_orderness.is_some()),
+                ("idle_timeout", spec.idle_timeout.is_some()),
+            ] {
+                if is_set {
+                    let span = self.key_span(&p(key));
+                    self.r
+                        .error(span, format!("\"{key}\" needs event time"))
+                        .hint("set time_field to the payload field holding the event time; in processing time events are never out of order");
+                    ok = false;
+                }
+            }
+        }
+        let max_open = self.at_least_one(
+            &p("max_open"),
+            spec.max_open,
+            crate::window::DEFAULT_MAX_OPEN,
+        );
+        if let Some(late) = &spec.late_to {
+            ok &= self.sink_exists(&p("late_to"), late, sink_names);
+        }
+        let kind = kind?;
+        (ok && max_open.is_some()).then(|| WindowSpec {
+            kind,
+            group_by: spec.group_by.clone(),
+            time,
+            max_out_of_orderness_ms: bound,
+            allowed_lateness_ms: lateness.unwrap_or(0),
+            idle_timeout_ms: idle,
+            max_open: max_open.expect("checked"),
+            on_full: spec.on_full.unwrap_or(FullPolicy::EmitOldest),
+            late_to: spec.late_to.clone(),
+        })
     }
 
     /// See the module doc of `config`: a `${name}` that is neither a builtin

@@ -14,6 +14,8 @@ pub const CONTRACT_PACKAGE: &str = "weir:plugin";
 pub const SUPPORTED_LINE: &str = "0.1";
 /// The interface a transform plugin exports.
 const TRANSFORM_INTERFACE: &str = "weir:plugin/transform";
+/// The interface an aggregate plugin exports (world `aggregator`).
+const AGGREGATE_INTERFACE: &str = "weir:plugin/aggregate";
 
 /// Why a file is not a plugin this weir can run.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,7 @@ pub enum ContractError {
 pub struct ComponentInfo {
     /// The contract version it was built against (`0.1.0`).
     pub contract_version: String,
-    /// The world, as weir names it (`transformer`).
+    /// The world, as weir names it (`transformer` or `aggregator`).
     pub world: &'static str,
     /// Every interface it imports, by full name.
     pub imports: Vec<String>,
@@ -96,11 +98,15 @@ pub fn inspect(
         .exports(engine)
         .map(|(name, _)| name.to_owned())
         .collect();
-    let transform = exports.iter().find_map(|name| {
+    let found = exports.iter().find_map(|name| {
         let (iface, version) = name.split_once('@')?;
-        (iface == TRANSFORM_INTERFACE).then(|| version.to_owned())
+        match iface {
+            TRANSFORM_INTERFACE => Some(("transformer", version.to_owned())),
+            AGGREGATE_INTERFACE => Some(("aggregator", version.to_owned())),
+            _ => None,
+        }
     });
-    let Some(version) = transform else {
+    let Some((world, version)) = found else {
         return Err(ContractError::OtherWorld {
             exports: if exports.is_empty() {
                 "nothing".to_owned()
@@ -114,7 +120,7 @@ pub fn inspect(
     }
     Ok(ComponentInfo {
         contract_version: version,
-        world: "transformer",
+        world,
         imports,
         exports,
     })

@@ -29,7 +29,7 @@ use super::batch::{self, Encoder, Inputs};
 use super::bindings::Transformer;
 use super::bindings::weir::plugin::types::PluginKind;
 use super::host::{HostState, MemoryCapExceeded};
-use super::{ConfigKey, ContractError, EPOCH_TICK, Limits, Metadata, Plugin, to_anyhow};
+use super::{ConfigKey, ContractError, EPOCH_TICK, Limits, Metadata, Plugin, Pre, to_anyhow};
 use crate::message::Message;
 use crate::telemetry;
 
@@ -92,6 +92,17 @@ pub enum PluginError {
         suggestion: Option<String>,
         /// Every accepted key.
         accepted: String,
+    },
+    /// The plugin is of another kind than the step needs (an aggregate
+    /// plugin where a transform is needed, or the other way round).
+    #[error("plugin {plugin:?} is {is}, but {needed}")]
+    WrongKind {
+        /// The plugin.
+        plugin: String,
+        /// What it is (`an aggregate plugin (world aggregator)`).
+        is: &'static str,
+        /// What the caller needs, with where it goes.
+        needed: &'static str,
     },
     /// `init` returned an error.
     #[error("plugin {plugin:?} refused its config: {reason}")]
@@ -195,10 +206,22 @@ struct Live {
     bindings: Transformer,
 }
 
+/// A live guest instance: something with a `Store` that [`call`] guards.
+pub(super) trait Guest {
+    /// The instance's store.
+    fn store(&mut self) -> &mut Store<HostState>;
+}
+
+impl Guest for Live {
+    fn store(&mut self) -> &mut Store<HostState> {
+        &mut self.store
+    }
+}
+
 /// A call into the guest that did not return normally.
-struct CallError {
-    kind: FailureKind,
-    reason: String,
+pub(super) struct CallError {
+    pub(super) kind: FailureKind,
+    pub(super) reason: String,
 }
 
 impl Instance {
@@ -368,22 +391,38 @@ fn start(
     }
 }
 
-fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live, PluginError> {
-    let inner = &plugin.inner;
+/// A fresh store with the instance's limits.
+pub(super) fn new_store(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Store<HostState> {
     let mut store = Store::new(
-        &inner.runtime.engine,
+        &plugin.inner.runtime.engine,
         HostState::new(name.clone(), limits.memory_cap_bytes),
     );
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(deadline_ticks(limits.batch_deadline));
-    let bindings = inner
-        .pre
-        .instantiate(&mut store)
-        .map_err(|e| PluginError::Start {
+    store
+}
+
+/// Describes an instantiation failure.
+pub(super) fn start_error(name: &str, e: wasmtime::Error) -> PluginError {
+    PluginError::Start {
+        plugin: name.to_owned(),
+        stage: "instantiate",
+        reason: describe(&to_anyhow(e), None),
+    }
+}
+
+fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live, PluginError> {
+    let Pre::Transform(pre) = &plugin.inner.pre else {
+        return Err(PluginError::WrongKind {
             plugin: name.to_string(),
-            stage: "instantiate",
-            reason: describe(&to_anyhow(e), None),
-        })?;
+            is: "an aggregate plugin (world aggregator)",
+            needed: "a plain step needs a filter, map or flat-map plugin; use it in a window step",
+        });
+    };
+    let mut store = new_store(plugin, name, limits);
+    let bindings = pre
+        .instantiate(&mut store)
+        .map_err(|e| start_error(name, e))?;
     Ok(Live { store, bindings })
 }
 
@@ -391,13 +430,21 @@ fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live,
 pub(super) fn read_metadata(plugin: &Plugin) -> Result<Metadata, PluginError> {
     let label: Arc<str> = Arc::from(plugin.path().display().to_string());
     let limits = Limits::default();
-    let mut live = instantiate(plugin, &label, limits)?;
-    let m = call(&mut live, limits.batch_deadline, |live| {
-        live.bindings
-            .weir_plugin_transform()
-            .call_metadata(&mut live.store)
-    })
-    .map_err(|e| PluginError::Start {
+    let described = match &plugin.inner.pre {
+        Pre::Transform(_) => {
+            let mut live = instantiate(plugin, &label, limits)?;
+            call(&mut live, limits.batch_deadline, |live| {
+                live.bindings
+                    .weir_plugin_transform()
+                    .call_metadata(&mut live.store)
+            })
+        }
+        Pre::Aggregate(_) => {
+            let mut live = super::aggregate::instantiate(plugin, &label, limits)?;
+            super::aggregate::metadata(&mut live, limits)
+        }
+    };
+    let m = described.map_err(|e| PluginError::Start {
         plugin: label.to_string(),
         stage: "describe itself",
         reason: e.reason,
@@ -424,16 +471,16 @@ pub(super) fn read_metadata(plugin: &Plugin) -> Result<Metadata, PluginError> {
 }
 
 /// Calls into the guest under the deadline, and classifies a failure.
-fn call<R>(
-    live: &mut Live,
+pub(super) fn call<L: Guest, R>(
+    live: &mut L,
     deadline: Duration,
-    f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    f: impl FnOnce(&mut L) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
-    live.store.set_epoch_deadline(deadline_ticks(deadline));
-    live.store.data().last_stderr.lock().unwrap().take();
+    live.store().set_epoch_deadline(deadline_ticks(deadline));
+    live.store().data().last_stderr.lock().unwrap().take();
     f(live).map_err(|e| {
         let e = to_anyhow(e);
-        let stderr = live.store.data().last_stderr.lock().unwrap().take();
+        let stderr = live.store().data().last_stderr.lock().unwrap().take();
         let kind = classify(&e);
         let reason = match kind {
             FailureKind::Deadline => format!(
@@ -469,7 +516,7 @@ fn deadline_ticks(deadline: Duration) -> u64 {
     (deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
-fn check_config_keys(
+pub(super) fn check_config_keys(
     metadata: &Metadata,
     config: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), PluginError> {

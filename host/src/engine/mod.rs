@@ -16,6 +16,7 @@
 //!
 //! [`InstancePre`]: wasmtime::component::InstancePre
 
+mod aggregate;
 mod batch;
 mod cache;
 mod contract;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker};
 
+pub use self::aggregate::{Aggregator, AggregatorStats, StateLost};
 pub use self::cache::LoadSource;
 pub use self::contract::{ComponentInfo, ContractError};
 pub use self::instance::{BatchOutcome, Failure, FailureKind, Instance, Output, PluginError};
@@ -42,6 +44,20 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "transformer",
+    });
+}
+
+/// Generated bindings for the `aggregator` world. Its shared interfaces
+/// (`types`, `host`) are the `transformer` bindings' own, so batches,
+/// outcomes and the host imports have one Rust type and one implementation.
+mod aggregator_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "aggregator",
+        with: {
+            "weir:plugin/types": super::bindings::weir::plugin::types,
+            "weir:plugin/host": super::bindings::weir::plugin::host,
+        },
     });
 }
 
@@ -190,15 +206,24 @@ impl Runtime {
                 cause: e,
             }
         })?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .and_then(bindings::TransformerPre::new)
-            .map_err(|e| PluginError::Link {
-                path: path.to_owned(),
-                cause: to_anyhow(e),
-            })?;
+        let instance_pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::Link {
+                    path: path.to_owned(),
+                    cause: to_anyhow(e),
+                })?;
+        let pre = match info.world {
+            "aggregator" => {
+                aggregator_bindings::AggregatorPre::new(instance_pre).map(Pre::Aggregate)
+            }
+            _ => bindings::TransformerPre::new(instance_pre).map(Pre::Transform),
+        }
+        .map_err(|e| PluginError::Link {
+            path: path.to_owned(),
+            cause: to_anyhow(e),
+        })?;
         let plugin = Plugin {
             inner: Arc::new(PluginInner {
                 path: path.to_owned(),
@@ -261,11 +286,17 @@ struct PluginInner {
     info: ComponentInfo,
     load_source: LoadSource,
     load_time: Duration,
-    pre: bindings::TransformerPre<HostState>,
+    pre: Pre,
     /// Keeps the engine and its epoch ticker alive as long as any plugin or
     /// instance is: without ticks, deadlines would never fire.
     runtime: Arc<RuntimeInner>,
     metadata: Mutex<Option<Metadata>>,
+}
+
+/// The pre-linked component, by world.
+enum Pre {
+    Transform(bindings::TransformerPre<HostState>),
+    Aggregate(aggregator_bindings::AggregatorPre<HostState>),
 }
 
 /// What a plugin says about itself.
@@ -324,6 +355,23 @@ impl Plugin {
         let m = instance::read_metadata(self)?;
         *self.inner.metadata.lock().unwrap() = Some(m.clone());
         Ok(m)
+    }
+
+    /// Whether the plugin is an aggregate plugin (world `aggregator`), for
+    /// a window step, rather than a transform.
+    pub fn is_aggregate(&self) -> bool {
+        matches!(self.inner.pre, Pre::Aggregate(_))
+    }
+
+    /// Creates an aggregator instance (world `aggregator`): checks `config`
+    /// against the plugin's accepted keys, instantiates, and runs `init`.
+    pub fn instantiate_aggregator(
+        &self,
+        name: &str,
+        config: &serde_json::Map<String, serde_json::Value>,
+        limits: Limits,
+    ) -> Result<Aggregator, PluginError> {
+        Aggregator::new(self.clone(), name, config, limits)
     }
 
     /// Creates an instance: checks `config` against the plugin's accepted
