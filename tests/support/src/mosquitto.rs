@@ -32,6 +32,8 @@ const PORT_ATTEMPTS: usize = 5;
 /// for this long before giving up.
 const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How long [`Mosquitto::stop`] waits before repeating its SIGTERM.
+const RESEND_SIGTERM: Duration = Duration::from_secs(1);
 
 /// A running (or stopped) Mosquitto broker owned by one test.
 ///
@@ -205,9 +207,17 @@ impl Mosquitto {
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0, "send SIGTERM to mosquitto");
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        let mut resend = Instant::now() + RESEND_SIGTERM;
         loop {
             match child.try_wait().expect("wait for mosquitto") {
                 Some(_) => return,
+                // A SIGTERM that reaches Mosquitto while it is still starting
+                // can be lost (seen under load, right after start): repeat it.
+                None if Instant::now() >= resend => {
+                    // SAFETY: as above; the child is still not reaped.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                    resend = Instant::now() + RESEND_SIGTERM;
+                }
                 None if Instant::now() >= deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
