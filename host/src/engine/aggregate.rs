@@ -23,7 +23,9 @@ use super::aggregator_bindings::Aggregator as Bindings;
 use super::batch::{self, Encoder, Inputs};
 use super::bindings::weir::plugin::types::Batch;
 use super::host::HostState;
-use super::instance::{CallError, Guest, call, check_config_keys, new_store, start_error};
+use super::instance::{
+    CallError, Guest, call, check_config_keys, init_outcome, new_store, start_error,
+};
 use super::{BatchOutcome, Failure, FailureKind, Limits, Plugin, PluginError, Pre};
 use crate::message::Message;
 use crate::telemetry;
@@ -119,18 +121,7 @@ fn start(
             .weir_plugin_aggregate()
             .call_init(&mut live.store, config_json)
     });
-    match init {
-        Ok(Ok(())) => Ok(live),
-        Ok(Err(reason)) => Err(PluginError::InitRefused {
-            plugin: name.to_string(),
-            reason,
-        }),
-        Err(e) => Err(PluginError::Start {
-            plugin: name.to_string(),
-            stage: "initialise",
-            reason: e.reason,
-        }),
-    }
+    init_outcome(name, init).map(|()| live)
 }
 
 impl Aggregator {

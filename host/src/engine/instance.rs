@@ -377,14 +377,23 @@ fn start(
             .weir_plugin_transform()
             .call_init(&mut live.store, config_json)
     });
+    init_outcome(name, init).map(|()| live)
+}
+
+/// What a guest's `init` call came to: refused (the plugin's reason) or
+/// failed to run (a trap, a deadline), both naming the plugin.
+pub(super) fn init_outcome(
+    name: &str,
+    init: Result<Result<(), String>, CallError>,
+) -> Result<(), PluginError> {
     match init {
-        Ok(Ok(())) => Ok(live),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(reason)) => Err(PluginError::InitRefused {
-            plugin: name.to_string(),
+            plugin: name.to_owned(),
             reason,
         }),
         Err(e) => Err(PluginError::Start {
-            plugin: name.to_string(),
+            plugin: name.to_owned(),
             stage: "initialise",
             reason: e.reason,
         }),

@@ -540,6 +540,29 @@ struct SlidingGroup {
     events: VecDeque<(i64, Message)>,
 }
 
+impl SlidingGroup {
+    /// The window `(end - size, end]` over this group's kept events.
+    fn due(&self, group: GroupView, end: i64, size: i64) -> Due {
+        let events: Vec<Message> = self
+            .events
+            .iter()
+            .filter(|(ts, _)| *ts > end - size && *ts <= end)
+            .map(|(_, m)| m.clone())
+            .collect();
+        let topic = events
+            .first()
+            .map(|m| m.topic.clone())
+            .unwrap_or_else(|| Arc::from(""));
+        Due {
+            group,
+            start: end - size,
+            end,
+            topic,
+            source: Source::Events(events),
+        }
+    }
+}
+
 enum State {
     Panes(PaneState),
     Sessions(HashMap<u32, Vec<Session>>, BTreeSet<(i64, u32, i64)>),
@@ -888,23 +911,7 @@ impl WindowOperator {
                     index.remove(&(t, gid));
                     let size = sliding_size(&self.spec.kind);
                     if let Some(g) = groups.get(&gid) {
-                        let events: Vec<Message> = g
-                            .events
-                            .iter()
-                            .filter(|(ts, _)| *ts > t - size && *ts <= t)
-                            .map(|(_, m)| m.clone())
-                            .collect();
-                        let topic = events
-                            .first()
-                            .map(|m| m.topic.clone())
-                            .unwrap_or_else(|| Arc::from(""));
-                        pending.push(Due {
-                            group: self.groups.view(gid),
-                            start: t - size,
-                            end: t,
-                            topic,
-                            source: Source::Events(events),
-                        });
+                        pending.push(g.due(self.groups.view(gid), t, size));
                     }
                 } else if let Some((&gid, g)) =
                     groups.iter_mut().find(|(_, g)| !g.events.is_empty())
@@ -1381,23 +1388,7 @@ impl WindowOperator {
                     }
                     index.pop_first();
                     let Some(g) = groups.get(&gid) else { continue };
-                    let events: Vec<Message> = g
-                        .events
-                        .iter()
-                        .filter(|(ts, _)| *ts > t - size && *ts <= t)
-                        .map(|(_, m)| m.clone())
-                        .collect();
-                    let topic = events
-                        .first()
-                        .map(|m| m.topic.clone())
-                        .unwrap_or_else(|| Arc::from(""));
-                    due.push(Due {
-                        group: self.groups.view(gid),
-                        start: t - size,
-                        end: t,
-                        topic,
-                        source: Source::Events(events),
-                    });
+                    due.push(g.due(self.groups.view(gid), t, size));
                 }
                 // Kept events no future window can hold.
                 let horizon = wm.saturating_sub(lateness).saturating_sub(size);
