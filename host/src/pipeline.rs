@@ -63,6 +63,11 @@ impl Pipeline {
     /// Starts sinks, rules and the source, in that order, so nothing is
     /// received before there is somewhere to put it.
     pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
+        for sink in config.sinks.values() {
+            crate::sink::preflight(sink)
+                .await
+                .with_context(|| format!("sink {:?} failed to start", sink.name))?;
+        }
         let sinks = start_sinks(config)?;
         let handles: BTreeMap<String, SinkHandle> = sinks
             .iter()

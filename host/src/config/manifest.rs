@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use super::model::{Backpressure, ConsoleFormat, MqttProtocol, PayloadFormat, QueryMode};
+pub use super::model::{
+    Backpressure, ConsoleFormat, MetaUpdateMode, MqttProtocol, PayloadFormat, QueryMode, StringType,
+};
 
 /// A duration written with its unit: `"500ms"`, `"30s"`, `"5m"`, `"1h 30m"`
 /// (parsed by `humantime`).
@@ -226,6 +228,8 @@ pub enum SinkSpec {
     Mqtt(MqttSink),
     /// Accepts and discards everything (benchmarks, tests).
     Null(NullSink),
+    /// Rows into an Alibaba Cloud Tablestore timeseries table.
+    Tablestore(TablestoreSink),
 }
 
 /// Options every sink has: the shared driver's batching, in-flight window,
@@ -322,6 +326,59 @@ pub struct MqttSink {
 #[schemars(deny_unknown_fields)]
 pub struct NullSink {
     /// Shared driver options (batching, retries).
+    #[serde(flatten)]
+    pub driver: DriverOptions,
+}
+
+/// Rows into an Alibaba Cloud Tablestore timeseries table
+/// (`PutTimeseriesData`). Each message is one row.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct TablestoreSink {
+    /// The instance's endpoint. Example:
+    /// `"https://myinst.cn-hangzhou.ots.aliyuncs.com"`.
+    pub endpoint: String,
+    /// The instance name. Example: `"myinst"`.
+    pub instance: String,
+    /// Example: `"${env:TABLESTORE_ACCESS_KEY_ID}"`.
+    pub access_key_id: String,
+    /// Example: `"${env:TABLESTORE_ACCESS_KEY_SECRET}"` (never written in
+    /// clear in the file).
+    pub access_key_secret: String,
+    /// STS token of temporary credentials. Example: `"${env:TABLESTORE_STS_TOKEN}"`.
+    pub sts_token: Option<String>,
+    /// The timeseries table. Example: `"device_readings"`.
+    pub table: String,
+    /// Measurement name (template). Example: `"m_re2"`.
+    pub measurement: String,
+    /// Data source (template); empty when absent. Example: `"${device}"`.
+    pub data_source: Option<String>,
+    /// Tags: name → value template. Example: `{ client = "${clientid}" }`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Payload fields to write; every top-level field when absent.
+    /// Example: `["temp", "hum"]`.
+    pub fields: Option<Vec<String>>,
+    /// Fields stored as STRING. Example: `["name"]`.
+    pub string_fields: Option<Vec<String>>,
+    /// Fields stored as BINARY even with `strings = "string"`. Example: `["raw"]`.
+    pub binary_fields: Option<Vec<String>>,
+    /// How other string fields are stored: `"binary"` (EMQX 4.4, the
+    /// default) or `"string"` (EMQX 5). Example: `"binary"`.
+    pub strings: Option<StringType>,
+    /// Store integers as DOUBLE. Example: `false`.
+    pub int_as_double: Option<bool>,
+    /// Time of the row in microseconds since the epoch (template); arrival
+    /// time when absent. Example: `"${payload.ts_us}"`.
+    pub timestamp: Option<String>,
+    /// `"normal"` (create or update timeseries metadata) or `"ignore"`.
+    /// Example: `"normal"`.
+    pub meta_update_mode: Option<MetaUpdateMode>,
+    /// Create the table at start-up if it does not exist. Example: `false`.
+    pub auto_create: Option<bool>,
+    /// Longest one request may take. Example: `"10s"`.
+    pub request_timeout: Option<DurationText>,
+    /// Shared driver options (batching, retries). `batch_size` is at most 200.
     #[serde(flatten)]
     pub driver: DriverOptions,
 }

@@ -7,7 +7,7 @@
 //! downstream re-validates; nothing here is ever built except by
 //! [`super::load`] (and tests).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -180,7 +180,82 @@ pub enum SinkKind {
     },
     /// Accepts and discards everything.
     Null,
+    /// Rows into an Alibaba Cloud Tablestore timeseries table.
+    Tablestore(Box<TablestoreConfig>),
 }
+
+/// A Tablestore timeseries table to write to.
+#[derive(Clone, Debug)]
+pub struct TablestoreConfig {
+    /// `http(s)://host[:port]`, without a trailing slash.
+    pub endpoint: String,
+    /// The instance name.
+    pub instance: String,
+    /// The AccessKey ID.
+    pub access_key_id: String,
+    /// The AccessKey secret.
+    pub access_key_secret: Secret,
+    /// An STS token, with temporary credentials.
+    pub sts_token: Option<Secret>,
+    /// The timeseries table.
+    pub table: String,
+    /// Measurement name template.
+    pub measurement: Template,
+    /// Data source template; empty when `None`.
+    pub data_source: Option<Template>,
+    /// Tag value templates, by tag name.
+    pub tags: Vec<(String, Template)>,
+    /// Payload fields written; every top-level field when `None`.
+    pub fields: Option<Vec<String>>,
+    /// Fields always stored as STRING.
+    pub string_fields: BTreeSet<String>,
+    /// Fields always stored as BINARY.
+    pub binary_fields: BTreeSet<String>,
+    /// How other strings are stored.
+    pub strings: StringType,
+    /// Store integers as DOUBLE.
+    pub int_as_double: bool,
+    /// Time template (microseconds since the epoch); arrival time when `None`.
+    pub timestamp: Option<Template>,
+    /// Create or leave alone the timeseries metadata.
+    pub meta_update_mode: MetaUpdateMode,
+    /// Create the table at start-up when it does not exist.
+    pub auto_create: bool,
+    /// Longest one request may take.
+    pub request_timeout: Duration,
+}
+
+/// How a Tablestore sink stores a string field that `string_fields` and
+/// `binary_fields` do not name.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StringType {
+    /// BINARY, as EMQX 4.4 does. The default.
+    Binary,
+    /// STRING, as EMQX 5 does.
+    String,
+}
+
+/// Whether a Tablestore write creates or updates timeseries metadata.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaUpdateMode {
+    /// Create or update the metadata (`MUM_NORMAL`). The default.
+    Normal,
+    /// Leave it alone (`MUM_IGNORE`).
+    Ignore,
+}
+
+/// Default of a Tablestore sink's `request_timeout`.
+pub const DEFAULT_TABLESTORE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most rows in one `PutTimeseriesData`: a Tablestore sink's largest
+/// `batch_size`.
+pub const TABLESTORE_MAX_BATCH_SIZE: usize = 200;
 
 /// Console line layouts.
 #[derive(

@@ -600,6 +600,7 @@ impl<'a, 's> Validator<'a, 's> {
             SinkSpec::File(s) => &s.driver,
             SinkSpec::Mqtt(s) => &s.driver,
             SinkSpec::Null(s) => &s.driver,
+            SinkSpec::Tablestore(s) => &s.driver,
         };
         let driver = self.driver(name, driver_options, sink_names);
         let sub = |key: &str| at!["sinks", name, key].to_vec();
@@ -738,6 +739,29 @@ impl<'a, 's> Validator<'a, 's> {
                 }
             }
             SinkSpec::Null(_) => SinkKind::Null,
+            SinkSpec::Tablestore(s) => {
+                if let Some(d) = &driver
+                    && d.batch_size > TABLESTORE_MAX_BATCH_SIZE
+                {
+                    let what = self.value_label(&sub("batch_size"));
+                    self.error(
+                        &sub("batch_size"),
+                        format!(
+                            "{what} is {}, over the {TABLESTORE_MAX_BATCH_SIZE} rows one PutTimeseriesData may carry",
+                            d.batch_size
+                        ),
+                    )
+                    .hint("write batch_size = 200 or less");
+                    ok = false;
+                }
+                match self.tablestore(name, &s, &mut templates) {
+                    Some(config) => SinkKind::Tablestore(Box::new(config)),
+                    None => {
+                        ok = false;
+                        SinkKind::Null
+                    }
+                }
+            }
         };
         let driver = driver?;
         ok.then(|| ResolvedSink {
@@ -747,6 +771,230 @@ impl<'a, 's> Validator<'a, 's> {
                 kind,
             },
             templates,
+        })
+    }
+
+    /// A `tablestore` sink: names against the service's rules, templates
+    /// parsed (and checked like rows when they are literal).
+    fn tablestore(
+        &mut self,
+        name: &str,
+        s: &super::manifest::TablestoreSink,
+        templates: &mut Vec<TemplateUse>,
+    ) -> Option<TablestoreConfig> {
+        use crate::sink::tablestore::encode;
+        let sub = |key: &str| at!["sinks", name, key].to_vec();
+        let mut ok = true;
+
+        let endpoint = match check_ots_endpoint(&s.endpoint) {
+            Ok(e) => Some(e),
+            Err(reason) => {
+                let what = self.value_label(&sub("endpoint"));
+                self.error(
+                    &sub("endpoint"),
+                    format!("{what} is not an endpoint: {reason}"),
+                )
+                .hint("write https://<instance>.<region>.ots.aliyuncs.com");
+                None
+            }
+        };
+        if s.instance.is_empty()
+            || !s
+                .instance
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        {
+            let what = self.value_label(&sub("instance"));
+            let written = self.written(&sub("instance"));
+            self.error(
+                &sub("instance"),
+                format!("{what} is {written}: instance names are letters, digits and -"),
+            );
+            ok = false;
+        }
+        for key in ["access_key_id", "access_key_secret"] {
+            let value = if key == "access_key_id" {
+                &s.access_key_id
+            } else {
+                &s.access_key_secret
+            };
+            if value.trim().is_empty() {
+                let what = self.value_label(&sub(key));
+                self.error(&sub(key), format!("{what} cannot be empty"));
+                ok = false;
+            }
+        }
+        for key in ["access_key_secret", "sts_token"] {
+            let path = sub(key);
+            if key == "sts_token" && s.sts_token.is_none() {
+                continue;
+            }
+            let span = self.span(&path);
+            if !secret::has_reference(self.r.text(&span)) {
+                let what = self.value_label(&path);
+                let env = format!("TABLESTORE_{}", key.to_ascii_uppercase());
+                self.r
+                    .warning(span, format!("{what} is written in clear"))
+                    .hint(format!(
+                        "read it from the environment: {key} = \"${{env:{env}}}\""
+                    ));
+            }
+        }
+        if let Err(reason) = check_table_name(&s.table) {
+            let what = self.value_label(&sub("table"));
+            let written = self.written(&sub("table"));
+            self.error(&sub("table"), format!("{what} is {written}: {reason}"))
+                .hint("table names are 1 to 128 of A-Z, a-z, 0-9 and _, not starting with a digit");
+            ok = false;
+        }
+
+        let mut template = |this: &mut Self,
+                            field: &'static str,
+                            path: Vec<Seg>,
+                            text: &str,
+                            literal_check: fn(&str) -> Result<(), String>|
+         -> Option<Template> {
+            let t = this.template(&path, text)?;
+            if t.is_literal()
+                && let Err(reason) = literal_check(text)
+            {
+                let what = this.value_label(&path);
+                this.error(&path, format!("{what}: {reason}"));
+                return None;
+            }
+            templates.push(TemplateUse {
+                field,
+                template: t.clone(),
+                path,
+            });
+            Some(t)
+        };
+        let measurement = template(
+            self,
+            "measurement",
+            sub("measurement"),
+            &s.measurement,
+            encode::check_measurement,
+        );
+        ok &= measurement.is_some();
+        let data_source = match &s.data_source {
+            None => None,
+            Some(text) => {
+                let t = template(
+                    self,
+                    "data_source",
+                    sub("data_source"),
+                    text,
+                    encode::check_data_source,
+                );
+                ok &= t.is_some();
+                t
+            }
+        };
+        let mut tags = Vec::new();
+        for (tag, text) in &s.tags {
+            let path = at!["sinks", name, "tags", tag.as_str()].to_vec();
+            if let Err(reason) = encode::check_tag(tag, "") {
+                let span = self.key_span(&path);
+                self.r.error(span, reason);
+                ok = false;
+                continue;
+            }
+            match template(self, "tags", path, text, |v| encode::check_tag("t", v)) {
+                Some(t) => tags.push((tag.clone(), t)),
+                None => ok = false,
+            }
+        }
+        let timestamp = match &s.timestamp {
+            None => None,
+            Some(text) => {
+                let t = template(self, "timestamp", sub("timestamp"), text, |v| {
+                    match v.trim().parse::<i64>() {
+                        Ok(t) if t >= 0 => Ok(()),
+                        _ => Err(
+                            "a literal timestamp must be whole microseconds since the epoch".into(),
+                        ),
+                    }
+                });
+                ok &= t.is_some();
+                t
+            }
+        };
+
+        let names = |this: &mut Self, key: &str, list: &Option<Vec<String>>| {
+            let mut out = BTreeSet::new();
+            let mut good = true;
+            for (i, field) in list.iter().flatten().enumerate() {
+                let lower = field.to_ascii_lowercase();
+                if let Err(reason) = encode::check_field_name(&lower) {
+                    let path = at!["sinks", name, key, i].to_vec();
+                    let written = this.written(&path);
+                    this.error(
+                        &path,
+                        format!("field {written} in \"{key}\" of sink \"{name}\" {reason}"),
+                    );
+                    good = false;
+                }
+                out.insert(field.clone());
+            }
+            (out, good)
+        };
+        let (_, good_fields) = names(self, "fields", &s.fields);
+        let (string_fields, good_strings) = names(self, "string_fields", &s.string_fields);
+        let (binary_fields, good_binaries) = names(self, "binary_fields", &s.binary_fields);
+        ok &= good_fields && good_strings && good_binaries;
+        if let Some(both) = string_fields.intersection(&binary_fields).next() {
+            let path = sub("binary_fields");
+            self.error(
+                &path,
+                format!(
+                    "field \"{both}\" of sink \"{name}\" is in both string_fields and binary_fields"
+                ),
+            );
+            ok = false;
+        }
+        if s.fields.as_ref().is_some_and(Vec::is_empty) {
+            let what = self.value_label(&sub("fields"));
+            self.error(&sub("fields"), format!("{what} is empty"))
+                .hint("leave it out to write every payload field");
+            ok = false;
+        }
+        let request_timeout = match &s.request_timeout {
+            None => Some(DEFAULT_TABLESTORE_REQUEST_TIMEOUT),
+            Some(t) => match self.duration(&sub("request_timeout"), &t.0) {
+                Some(d) if d.is_zero() => {
+                    let what = self.value_label(&sub("request_timeout"));
+                    self.error(
+                        &sub("request_timeout"),
+                        format!("{what} must be more than 0"),
+                    );
+                    None
+                }
+                other => other,
+            },
+        };
+        if !ok {
+            return None;
+        }
+        Some(TablestoreConfig {
+            endpoint: endpoint?,
+            instance: s.instance.clone(),
+            access_key_id: s.access_key_id.clone(),
+            access_key_secret: Secret::new(s.access_key_secret.clone()),
+            sts_token: s.sts_token.clone().map(Secret::new),
+            table: s.table.clone(),
+            measurement: measurement?,
+            data_source,
+            tags,
+            fields: s.fields.clone(),
+            string_fields,
+            binary_fields,
+            strings: s.strings.unwrap_or(StringType::Binary),
+            int_as_double: s.int_as_double.unwrap_or(false),
+            timestamp,
+            meta_update_mode: s.meta_update_mode.unwrap_or(MetaUpdateMode::Normal),
+            auto_create: s.auto_create.unwrap_or(false),
+            request_timeout: request_timeout?,
         })
     }
 
@@ -1643,6 +1891,46 @@ fn parse_url(text: &str) -> Result<Endpoint, (String, Option<&'static str>)> {
         return Err(("port 0 is not a port".into(), None));
     }
     Ok(Endpoint { host, port, tls })
+}
+
+/// A Tablestore endpoint: `http(s)://host[:port]` (a path prefix is kept;
+/// the service signs `/<Action>` whatever it is). Errors never quote the
+/// value (it may come from the environment).
+fn check_ots_endpoint(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text.trim()).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme is {}://, not https:// or http://",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("it has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("it holds credentials: set access_key_id and access_key_secret instead".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("it has a query or fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// Why `name` cannot be a Tablestore table name.
+fn check_table_name(name: &str) -> Result<(), &'static str> {
+    let Some(first) = name.bytes().next() else {
+        return Err("it is empty");
+    };
+    if name.len() > 128 {
+        return Err("it is longer than 128 characters");
+    }
+    if first.is_ascii_digit() {
+        return Err("it starts with a digit");
+    }
+    if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        return Err("it has characters other than A-Z, a-z, 0-9 and _");
+    }
+    Ok(())
 }
 
 /// `weir-<hostname>`: unique per machine, and stable across restarts so a

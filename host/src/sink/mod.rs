@@ -13,7 +13,7 @@
 //!
 //! The rest of weir sees a sink only through [`SinkHandle::send`] and
 //! [`RunningSink::shutdown`]. [`start`] builds the built-in sinks from their
-//! config: [`console`], [`file`], [`mqtt`], [`null`]; new sinks implement
+//! config: [`console`], [`file`], [`mqtt`], [`null`], [`tablestore`]; new sinks implement
 //! [`Sink`] and call [`driver::spawn`].
 //!
 //! What a `Sink` must never do: retry, sleep, buffer across writes, or touch
@@ -25,6 +25,7 @@ pub mod driver;
 pub mod file;
 pub mod mqtt;
 pub mod null;
+pub mod tablestore;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -200,6 +201,11 @@ pub fn start(
             spawn(name, sink, driver, dead_letter)
         }
         SinkKind::Null => spawn(name, null::NullSink, driver, dead_letter),
+        SinkKind::Tablestore(config) => {
+            let sink = tablestore::TablestoreSink::new(config)?
+                .with_undefined_as_null(driver.undefined_vars_as_null);
+            spawn(name, sink, driver, dead_letter)
+        }
     })
 }
 
@@ -255,6 +261,18 @@ pub async fn report_health(handle: SinkHandle, health: crate::health::Health) {
                 healthy = Some(false);
             }
         }
+    }
+}
+
+/// Checks, before the pipeline takes any message, that a sink's service is
+/// usable as configured: for Tablestore, the table is described (created
+/// with `auto_create`), so wrong credentials or a missing table stop
+/// `weir run` at start-up with the service's reason. Other sinks have
+/// nothing to check ahead.
+pub async fn preflight(config: &SinkConfig) -> anyhow::Result<()> {
+    match &config.kind {
+        SinkKind::Tablestore(ts) => tablestore::TablestoreSink::new(ts)?.preflight().await,
+        _ => Ok(()),
     }
 }
 
