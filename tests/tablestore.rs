@@ -600,6 +600,30 @@ async fn a_slow_reply_times_out_and_the_retry_is_an_upsert_of_the_same_point() {
     assert!(server.points().iter().all(|p| p.writes == 2));
 }
 
+#[tokio::test]
+async fn an_answer_with_a_forged_signature_is_not_trusted_and_the_write_is_retried() {
+    let server = TablestoreServer::start();
+    server.inject(Fault::ForgedSignature);
+    let driver = DriverConfig {
+        batch_size: 2,
+        batch_time: Duration::from_secs(3600),
+        request_ttl: None,
+        ..DriverConfig::default()
+    };
+    let running = start(config(&server), driver);
+    let outcomes = send(&running, &payloads(2, 1)).await;
+    running.shutdown().await;
+    assert_eq!(*outcomes.lock().unwrap(), vec![AckOutcome::Accepted; 2]);
+    let puts = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.action == "PutTimeseriesData")
+        .count();
+    assert_eq!(puts, 2, "the forged answer was not taken as a success");
+    // The first write did happen; the retry rewrote the same points.
+    assert!(server.points().iter().all(|p| p.writes == 2));
+}
+
 // ----- the official Python SDK -------------------------------------------
 
 /// The SDK's Python interpreter, or a failure that says how to get it.
