@@ -600,6 +600,30 @@ async fn a_slow_reply_times_out_and_the_retry_is_an_upsert_of_the_same_point() {
     assert!(server.points().iter().all(|p| p.writes == 2));
 }
 
+#[tokio::test]
+async fn an_answer_with_a_forged_signature_is_not_trusted_and_the_write_is_retried() {
+    let server = TablestoreServer::start();
+    server.inject(Fault::ForgedSignature);
+    let driver = DriverConfig {
+        batch_size: 2,
+        batch_time: Duration::from_secs(3600),
+        request_ttl: None,
+        ..DriverConfig::default()
+    };
+    let running = start(config(&server), driver);
+    let outcomes = send(&running, &payloads(2, 1)).await;
+    running.shutdown().await;
+    assert_eq!(*outcomes.lock().unwrap(), vec![AckOutcome::Accepted; 2]);
+    let puts = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.action == "PutTimeseriesData")
+        .count();
+    assert_eq!(puts, 2, "the forged answer was not taken as a success");
+    // The first write did happen; the retry rewrote the same points.
+    assert!(server.points().iter().all(|p| p.writes == 2));
+}
+
 // ----- the official Python SDK -------------------------------------------
 
 /// The SDK's Python interpreter, or a failure that says how to get it.
@@ -897,4 +921,259 @@ fn the_official_sdk_client_writes_to_the_test_server_and_accepts_its_signed_answ
     assert_eq!(refused["code"], "OTSAuthFailed");
     assert_eq!(refused["message"], "Signature mismatch.");
     assert_eq!(server.points().len(), 3);
+}
+
+// ----- the test server refuses what the service refuses -----------------
+
+/// Sends `body` to `action` signed V2 with `secret`, after `tweak` may
+/// change the headers; returns (status, error code, error message).
+async fn raw_call(
+    server: &TablestoreServer,
+    method: reqwest::Method,
+    action: &str,
+    body: Vec<u8>,
+    tweak: impl FnOnce(&mut Vec<(String, String)>),
+) -> (u16, String, String) {
+    use prost::Message as _;
+    use weir::sink::tablestore::sign;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut headers: Vec<(String, String)> = vec![
+        ("x-ots-date".into(), sign::ots_date(now)),
+        ("x-ots-apiversion".into(), "2015-12-31".into()),
+        ("x-ots-accesskeyid".into(), KEY_ID.into()),
+        ("x-ots-instancename".into(), "myinst".into()),
+        ("x-ots-contentmd5".into(), sign::content_md5(&body)),
+    ];
+    tweak(&mut headers);
+    let signature = sign::v2_signature(
+        SECRET,
+        action,
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    headers.push(("x-ots-signature".into(), signature));
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}/{action}", server.endpoint()))
+        .body(body);
+    for (n, v) in &headers {
+        request = request.header(n.as_str(), v.as_str());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    let error = weir::sink::tablestore::proto::Error::decode(bytes.as_ref()).unwrap_or_default();
+    (status, error.code, error.message.unwrap_or_default())
+}
+
+fn row(fields: Vec<(&str, weir::sink::tablestore::FieldValue)>) -> weir::sink::tablestore::Row {
+    weir::sink::tablestore::Row {
+        measurement: "cpu".into(),
+        data_source: String::new(),
+        tags: vec![],
+        time_us: 1,
+        fields: fields.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+    }
+}
+
+fn put_body(rows: &[weir::sink::tablestore::Row]) -> Vec<u8> {
+    use weir::sink::tablestore::encode;
+    encode::request_body(
+        "tstable",
+        encode::flat_rows(rows.iter(), rows.len()),
+        MetaUpdateMode::Normal,
+    )
+}
+
+#[tokio::test]
+async fn the_test_server_refuses_what_the_service_refuses_with_its_codes() {
+    use weir::sink::tablestore::FieldValue;
+    // This test's own raw client: reqwest is built without a default
+    // crypto provider (weir's rustls uses ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = TablestoreServer::start();
+    let ok = put_body(&[row(vec![("v", FieldValue::Long(1))])]);
+    let post = reqwest::Method::POST;
+    let same = |_: &mut Vec<(String, String)>| {};
+
+    assert_eq!(
+        raw_call(
+            &server,
+            reqwest::Method::GET,
+            "PutTimeseriesData",
+            vec![],
+            same
+        )
+        .await,
+        (
+            405,
+            "OTSMethodNotAllowed".into(),
+            "Only POST method for requests is supported.".into()
+        )
+    );
+    let drop_date = |h: &mut Vec<(String, String)>| h.retain(|(n, _)| n != "x-ots-date");
+    assert_eq!(
+        raw_call(
+            &server,
+            post.clone(),
+            "PutTimeseriesData",
+            ok.clone(),
+            drop_date
+        )
+        .await,
+        (
+            400,
+            "OTSParameterInvalid".into(),
+            "Missing header: x-ots-date.".into()
+        )
+    );
+    let bad_date = |h: &mut Vec<(String, String)>| h[0].1 = "2024-01-02 03:04:05".into();
+    assert_eq!(
+        raw_call(
+            &server,
+            post.clone(),
+            "PutTimeseriesData",
+            ok.clone(),
+            bad_date
+        )
+        .await
+        .2,
+        "Invalid date format: 2024-01-02 03:04:05."
+    );
+    assert_eq!(
+        raw_call(&server, post.clone(), "PutRowz", vec![], same)
+            .await
+            .2,
+        "Unsupported operation: PutRowz."
+    );
+    let wrong_md5 = |h: &mut Vec<(String, String)>| h[4].1 = "1B2M2Y8AsgTpgAmY7PhCfg==".into();
+    assert_eq!(
+        raw_call(
+            &server,
+            post.clone(),
+            "PutTimeseriesData",
+            ok.clone(),
+            wrong_md5
+        )
+        .await,
+        (
+            403,
+            "OTSAuthFailed".into(),
+            "Mismatch between MD5 value of request body and x-ots-contentmd5 in header.".into()
+        )
+    );
+    let other_key = |h: &mut Vec<(String, String)>| h[2].1 = "nobody".into();
+    assert_eq!(
+        raw_call(
+            &server,
+            post.clone(),
+            "PutTimeseriesData",
+            ok.clone(),
+            other_key
+        )
+        .await
+        .2,
+        "The AccessKeyID does not exist."
+    );
+    let other_instance = |h: &mut Vec<(String, String)>| h[3].1 = "elsewhere".into();
+    assert_eq!(
+        raw_call(
+            &server,
+            post.clone(),
+            "PutTimeseriesData",
+            ok.clone(),
+            other_instance
+        )
+        .await
+        .2,
+        "The instance is not found."
+    );
+    let old = |h: &mut Vec<(String, String)>| h[0].1 = "2020-01-02T03:04:05.000Z".into();
+    assert_eq!(
+        raw_call(&server, post.clone(), "PutTimeseriesData", ok.clone(), old)
+            .await
+            .2,
+        "Mismatch between system time and x-ots-date: 2020-01-02T03:04:05.000Z."
+    );
+    let too_large = vec![0u8; (4 << 20) + 1];
+    assert_eq!(
+        raw_call(&server, post.clone(), "PutTimeseriesData", too_large, same)
+            .await
+            .0,
+        413
+    );
+
+    // Bodies: CRC, row count, names, value sizes.
+    // One byte of the FlatBuffer changed ("cpu" → "cpv"), the CRC not.
+    let mut bad_crc = ok.clone();
+    let at = bad_crc.windows(3).position(|w| w == b"cpu").unwrap();
+    bad_crc[at + 2] = b'v';
+    let refused = |r: (u16, String, String)| {
+        assert_eq!((r.0, r.1.as_str()), (400, "OTSParameterInvalid"), "{r:?}");
+        r.2
+    };
+    let crc = refused(raw_call(&server, post.clone(), "PutTimeseriesData", bad_crc, same).await);
+    assert_eq!(crc, "Checksum mismatch of flatbuffer rows data.");
+    let many: Vec<_> = (0..201)
+        .map(|_| row(vec![("v", FieldValue::Long(1))]))
+        .collect();
+    assert!(
+        refused(
+            raw_call(
+                &server,
+                post.clone(),
+                "PutTimeseriesData",
+                put_body(&many),
+                same
+            )
+            .await
+        )
+        .contains("exceeds the limit of 200")
+    );
+    for (name, why) in [
+        ("Upper", "invalid field name"),
+        ("x_tags", "invalid field name"),
+        ("9a", "invalid field name"),
+    ] {
+        let body = put_body(&[row(vec![(name, FieldValue::Long(1))])]);
+        assert!(
+            refused(raw_call(&server, post.clone(), "PutTimeseriesData", body, same).await)
+                .contains(why),
+            "{name}"
+        );
+    }
+    let huge = put_body(&[row(vec![(
+        "s",
+        FieldValue::String("x".repeat((2 << 20) + 1)),
+    )])]);
+    assert!(
+        refused(raw_call(&server, post.clone(), "PutTimeseriesData", huge, same).await)
+            .contains("larger than 2 MB")
+    );
+    let mut bad_measurement = row(vec![("v", FieldValue::Long(1))]);
+    bad_measurement.measurement = "a#b".into();
+    assert!(
+        refused(
+            raw_call(
+                &server,
+                post.clone(),
+                "PutTimeseriesData",
+                put_body(&[bad_measurement]),
+                same
+            )
+            .await
+        )
+        .contains("invalid measurement")
+    );
+
+    // Nothing refused was stored; a good body is.
+    assert!(server.points().is_empty());
+    assert_eq!(
+        raw_call(&server, post, "PutTimeseriesData", ok, same)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(server.points().len(), 1);
 }

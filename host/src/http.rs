@@ -105,6 +105,9 @@ mod tests {
     async fn start(
         health: Health,
     ) -> (String, oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
+        // reqwest is built with `rustls-no-provider` (the Tablestore sink
+        // brings ring's): a plain `reqwest::get` needs a default provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (stop, stopped) = oneshot::channel::<()>();
         let (addr, task) = serve(
             "127.0.0.1:0".parse().unwrap(),

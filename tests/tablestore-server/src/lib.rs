@@ -28,7 +28,8 @@
 //!
 //! Faults ([`Fault`]) are queued and each consumes one `PutTimeseriesData`:
 //! an error code, `failed_rows` for chosen rows (the others are stored),
-//! a slow reply, or a connection closed without an answer.
+//! a slow reply, a connection closed without an answer, or an answer signed
+//! with the wrong key.
 //!
 //! The server runs on its own thread and runtime, so it serves the same
 //! under a paused test clock; it stops when dropped.
@@ -172,6 +173,9 @@ pub enum Fault {
     /// Read the request, then close the connection without an answer (and
     /// without storing anything).
     Reset,
+    /// Process the request, and sign the answer with a wrong key (what a
+    /// client must not trust).
+    ForgedSignature,
 }
 
 impl Fault {
@@ -574,6 +578,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             if let Some(Fault::Slow(d)) = fault {
                 tokio::time::sleep(d).await;
             }
+            let caller = match fault {
+                Some(Fault::ForgedSignature) => Caller {
+                    signing_key: "not-the-key".into(),
+                    ..caller
+                },
+                _ => caller,
+            };
             (Some(caller), answer)
         }
         Ok((caller, result)) => (Some(caller), result),

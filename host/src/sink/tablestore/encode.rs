@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use flatbuffers::{FlatBufferBuilder, WIPOffset};
+use flatbuffers::FlatBufferBuilder;
 use prost::Message as _;
 use serde_json::Value as Json;
 
@@ -445,28 +445,31 @@ pub fn flat_rows<'r>(rows: impl Iterator<Item = &'r Row>, count: usize) -> Vec<u
     const fn slot(n: u16) -> u16 {
         4 + 2 * n
     }
-    let mut fbb = FlatBufferBuilder::with_capacity(1024 * count.max(1));
+    let mut fbb = FlatBufferBuilder::with_capacity(384 * count.max(1));
     let mut groups = Vec::with_capacity(count);
+    // Scratch space reused row after row.
+    let mut names = Vec::new();
+    let mut types = Vec::new();
+    let mut longs = Vec::new();
+    let mut bools = Vec::new();
+    let mut doubles = Vec::new();
+    let mut strings = Vec::new();
+    let mut binaries = Vec::new();
+    let mut tags = Vec::new();
     for row in rows {
         let measurement = fbb.create_string(&row.measurement);
-        let names: Vec<WIPOffset<&str>> = row
-            .fields
-            .iter()
-            .map(|(n, _)| fbb.create_string(n))
-            .collect();
-        let names = fbb.create_vector(&names);
-        let types: Vec<u8> = row
-            .fields
-            .iter()
-            .map(|(_, v)| v.data_type() as u8)
-            .collect();
-        let types = fbb.create_vector(&types);
+        names.clear();
+        names.extend(row.fields.iter().map(|(n, _)| fbb.create_string(n)));
+        let field_names = fbb.create_vector(&names);
+        types.clear();
+        types.extend(row.fields.iter().map(|(_, v)| v.data_type() as u8));
+        let field_types = fbb.create_vector(&types);
 
-        let mut longs = Vec::new();
-        let mut bools = Vec::new();
-        let mut doubles = Vec::new();
-        let mut strings = Vec::new();
-        let mut binaries = Vec::new();
+        longs.clear();
+        bools.clear();
+        doubles.clear();
+        strings.clear();
+        binaries.clear();
         for (_, value) in &row.fields {
             match value {
                 FieldValue::Long(v) => longs.push(*v),
@@ -482,57 +485,54 @@ pub fn flat_rows<'r>(rows: impl Iterator<Item = &'r Row>, count: usize) -> Vec<u
             }
         }
         // Empty typed vectors are left out, as the SDKs do.
-        let longs = (!longs.is_empty()).then(|| fbb.create_vector(&longs));
-        let bools = (!bools.is_empty()).then(|| fbb.create_vector(&bools));
-        let doubles = (!doubles.is_empty()).then(|| fbb.create_vector(&doubles));
-        let strings = (!strings.is_empty()).then(|| fbb.create_vector(&strings));
-        let binaries = (!binaries.is_empty()).then(|| fbb.create_vector(&binaries));
+        let longs_at = (!longs.is_empty()).then(|| fbb.create_vector(&longs));
+        let bools_at = (!bools.is_empty()).then(|| fbb.create_vector(&bools));
+        let doubles_at = (!doubles.is_empty()).then(|| fbb.create_vector(&doubles));
+        let strings_at = (!strings.is_empty()).then(|| fbb.create_vector(&strings));
+        let binaries_at = (!binaries.is_empty()).then(|| fbb.create_vector(&binaries));
         let start = fbb.start_table();
-        if let Some(v) = longs {
+        if let Some(v) = longs_at {
             fbb.push_slot_always(slot(0), v);
         }
-        if let Some(v) = bools {
+        if let Some(v) = bools_at {
             fbb.push_slot_always(slot(1), v);
         }
-        if let Some(v) = doubles {
+        if let Some(v) = doubles_at {
             fbb.push_slot_always(slot(2), v);
         }
-        if let Some(v) = strings {
+        if let Some(v) = strings_at {
             fbb.push_slot_always(slot(3), v);
         }
-        if let Some(v) = binaries {
+        if let Some(v) = binaries_at {
             fbb.push_slot_always(slot(4), v);
         }
         let values = fbb.end_table(start);
 
         let data_source = fbb.create_string(&row.data_source);
         let legacy_tags = fbb.create_string("");
-        let tags: Vec<_> = row
-            .tags
-            .iter()
-            .map(|(k, v)| {
-                let name = fbb.create_string(k);
-                let value = fbb.create_string(v);
-                let start = fbb.start_table();
-                fbb.push_slot_always(slot(0), name);
-                fbb.push_slot_always(slot(1), value);
-                fbb.end_table(start)
-            })
-            .collect();
-        let tags = fbb.create_vector(&tags);
+        tags.clear();
+        for (k, v) in &row.tags {
+            let name = fbb.create_string(k);
+            let value = fbb.create_string(v);
+            let start = fbb.start_table();
+            fbb.push_slot_always(slot(0), name);
+            fbb.push_slot_always(slot(1), value);
+            tags.push(fbb.end_table(start));
+        }
+        let tag_list = fbb.create_vector(&tags);
         let start = fbb.start_table();
         fbb.push_slot_always(slot(0), data_source);
         fbb.push_slot_always(slot(1), legacy_tags);
         fbb.push_slot_always(slot(2), row.time_us);
         fbb.push_slot_always(slot(3), values);
-        fbb.push_slot_always(slot(5), tags);
+        fbb.push_slot_always(slot(5), tag_list);
         let row_table = fbb.end_table(start);
         let in_group = fbb.create_vector(&[row_table]);
 
         let start = fbb.start_table();
         fbb.push_slot_always(slot(0), measurement);
-        fbb.push_slot_always(slot(1), names);
-        fbb.push_slot_always(slot(2), types);
+        fbb.push_slot_always(slot(1), field_names);
+        fbb.push_slot_always(slot(2), field_types);
         fbb.push_slot_always(slot(3), in_group);
         groups.push(fbb.end_table(start));
     }
