@@ -24,6 +24,9 @@ const MAX_DEPTH: u32 = 100;
 /// exponent, it cannot.
 const MAX_SAFE_DIGITS: usize = 300;
 
+/// The largest significand an `f64` holds exactly.
+const EXACT_SIGNIFICAND: u64 = 1 << 53;
+
 /// The start of `serde_json`'s `POW10` table (the same literals): what a
 /// decimal's digits are divided by. More decimals go to `serde_json`.
 const POW10: [f64; 23] = [
@@ -351,8 +354,11 @@ impl<'a> Scanner<'a> {
         Ok(&self.bytes[start..self.at])
     }
 
-    /// The target number, converted as `serde_json`'s parser (without its
-    /// `float_roundtrip` feature) converts it.
+    /// The target number, converted as `serde_json`'s parser converts it,
+    /// with or without its `float_roundtrip` feature: the fast path takes
+    /// only a significand an `f64` holds exactly (≤ 2^53) over at most 22
+    /// decimals, where one IEEE division is the correctly rounded result
+    /// both ways; anything else goes to `serde_json`.
     fn number(&mut self) -> Scan<Found<'a>> {
         let text = self.skip_number()?;
         let (negative, digits) = match text.split_first() {
@@ -381,12 +387,18 @@ impl<'a> Scanner<'a> {
                 // become floats.
                 let negated = (significand as i64).wrapping_neg();
                 if negated >= 0 {
+                    if significand > EXACT_SIGNIFICAND {
+                        return Err(Unsure);
+                    }
                     Found::Float(-(significand as f64))
                 } else {
                     Found::NegInt(negated)
                 }
             }
             (Some(decimals), _) => {
+                if significand > EXACT_SIGNIFICAND {
+                    return Err(Unsure);
+                }
                 let value = significand as f64 / POW10.get(decimals).ok_or(Unsure)?;
                 Found::Float(if negative { -value } else { value })
             }
