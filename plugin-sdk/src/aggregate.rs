@@ -75,7 +75,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::__bindings::weir::plugin::types::{
-    Batch, ConfigKey, Failure, Metadata as PluginMetadata, Outcome, PluginKind,
+    Batch, Failure, Metadata as PluginMetadata, Outcome, PluginKind,
 };
 use crate::message::{EVENT_WORDS, word};
 use crate::{Emitter, Message, Output, Result, config};
@@ -356,17 +356,7 @@ pub mod exports {
 
     /// The plugin's self-description.
     pub fn metadata<T: Aggregate>(name: &str, version: &str) -> PluginMetadata {
-        let config_keys = config::keys::<T::Config>()
-            .into_iter()
-            .map(|key| ConfigKey {
-                name: key.to_owned(),
-                description: T::CONFIG_DOCS
-                    .iter()
-                    .find(|(name, _)| *name == key)
-                    .map_or("", |(_, description)| description)
-                    .to_owned(),
-            })
-            .collect();
+        let config_keys = crate::runtime::config_keys::<T::Config>(T::CONFIG_DOCS);
         PluginMetadata {
             name: name.to_owned(),
             version: version.to_owned(),

@@ -61,20 +61,26 @@ pub(crate) fn process_batch<T: Transform>(plugin: &mut T, batch: &Batch) -> Outc
     }
 }
 
-/// The plugin's self-description; `name` and `version` come from the user
-/// crate (the export macro expands `env!("CARGO_PKG_…")` there).
-pub fn metadata<T: Transform>(name: &str, version: &str) -> PluginMetadata {
-    let config_keys = config::keys::<T::Config>()
+/// The config keys `C` accepts, each with its description from `docs`
+/// (empty when it has none): the `config-keys` of both worlds' metadata.
+pub(crate) fn config_keys<C: serde::de::DeserializeOwned>(docs: &[(&str, &str)]) -> Vec<ConfigKey> {
+    config::keys::<C>()
         .into_iter()
         .map(|key| ConfigKey {
             name: key.to_owned(),
-            description: T::CONFIG_DOCS
+            description: docs
                 .iter()
                 .find(|(name, _)| *name == key)
                 .map_or("", |(_, description)| description)
                 .to_owned(),
         })
-        .collect();
+        .collect()
+}
+
+/// The plugin's self-description; `name` and `version` come from the user
+/// crate (the export macro expands `env!("CARGO_PKG_…")` there).
+pub fn metadata<T: Transform>(name: &str, version: &str) -> PluginMetadata {
+    let config_keys = config_keys::<T::Config>(T::CONFIG_DOCS);
     PluginMetadata {
         name: name.to_owned(),
         version: version.to_owned(),
