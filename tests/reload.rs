@@ -242,13 +242,26 @@ fn publish_steadily(
     chunk: u64,
     pause: Duration,
 ) -> std::thread::JoinHandle<()> {
+    publish_steadily_on(url, "devices", n, chunk, pause)
+}
+
+/// [`publish_steadily`] on `<prefix>/d<k>/seq`... or, for a prefix other
+/// than `devices`, `<prefix>/d<k>`.
+fn publish_steadily_on(
+    url: String,
+    prefix: &'static str,
+    n: u64,
+    chunk: u64,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let suffix = if prefix == "devices" { "/seq" } else { "" };
     std::thread::spawn(move || {
         let mut start = 0;
         while start < n {
             let count = chunk.min(n - start);
             publish_many_blocking(
                 &url,
-                |i| format!("devices/d{}/seq", (start + i as u64) % 10),
+                |i| format!("{prefix}/d{}{suffix}", (start + i as u64) % 10),
                 |i| format!(r#"{{"seq":{}}}"#, start + i as u64).into_bytes(),
                 count as usize,
                 1,
@@ -534,4 +547,238 @@ to = ["w"]
         (0..100).sum::<u64>() as f64,
         "{windows:?}"
     );
+}
+
+/// A manifest for the manifest-reload test: rules `steady` (to sink `s` at
+/// `steady_out`), `win` (a one-hour tumbling window into sink `w`), and
+/// `extra` rules `(name, filter prefix, sink, file)`.
+fn rules_manifest(
+    broker: &Mosquitto,
+    client: &str,
+    stats: &str,
+    steady_out: &Path,
+    w_out: &Path,
+    extra: &[(&str, &str, &Path)],
+) -> String {
+    let mut m = format!(
+        r#"
+[broker]
+url = "{url}"
+client_id = "{client}"
+
+[plugins.stats]
+path = "{stats}"
+
+[sinks.s]
+type = "file"
+path = "{steady}"
+[sinks.w]
+type = "file"
+path = "{w}"
+"#,
+        url = broker.url(),
+        stats = toml_path(Path::new(stats)),
+        steady = toml_path(steady_out),
+        w = toml_path(w_out),
+    );
+    for (name, _, file) in extra {
+        m += &format!(
+            "[sinks.{name}]\ntype = \"file\"\npath = \"{}\"\n",
+            toml_path(file)
+        );
+    }
+    m += r#"
+[[rules]]
+name = "steady"
+from = ["steady/{device}"]
+qos = 1
+to = ["s"]
+
+[[rules]]
+name = "win"
+from = ["win/{device}"]
+qos = 1
+steps = [{ plugin = "stats", config = { fields = ["v"], aggregates = ["count", "sum"] }, window = { kind = "tumbling", size = "1h", group_by = ["device"] } }]
+to = ["w"]
+"#;
+    for (name, prefix, _) in extra {
+        m += &format!(
+            "\n[[rules]]\nname = \"{name}\"\nfrom = [\"{prefix}/{{device}}\"]\nqos = 1\nto = [\"{name}\"]\n"
+        );
+    }
+    m + "\n[http]\nlisten = \"127.0.0.1:0\"\n"
+}
+
+fn publish(broker: &Mosquitto, topic: &str, from: u64, to: u64, key: &str) {
+    publish_many_blocking(
+        &broker.url(),
+        |_| topic.to_owned(),
+        |i| format!(r#"{{"{key}":{}}}"#, from + i as u64).into_bytes(),
+        (to - from) as usize,
+        1,
+    );
+}
+
+#[test]
+fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_changes_nothing() {
+    const N: u64 = 3_000;
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let client = format!("weir-reload-manifest-{}", unique());
+    let stats = weir_test_artifacts::STATS;
+    let manifest = rules_manifest(
+        &broker,
+        &client,
+        stats,
+        &p("s1.jsonl"),
+        &p("w.jsonl"),
+        &[("old", "old", &p("old.jsonl"))],
+    );
+    // Written by hand (not Weir::run, which appends [http] again).
+    let weir = Weir::run(
+        dir.path(),
+        manifest.trim_end_matches("\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+        1,
+        &[],
+    );
+    weir.wait_for_log("Subscribed.", 3);
+    let path = p("weir.toml");
+
+    let publisher = publish_steadily_on(broker.url(), "steady", N, 100, Duration::from_millis(40));
+    publish(&broker, "win/a", 0, 30, "v");
+    publish(&broker, "old/x", 0, 10, "n");
+    wait_for_lines(&p("old.jsonl"), 10, &weir);
+
+    // Remove `old`, add `new`, move sink `s` to another file; `win` and
+    // `steady` stay.
+    let changed = rules_manifest(
+        &broker,
+        &client,
+        stats,
+        &p("s2.jsonl"),
+        &p("w.jsonl"),
+        &[("new", "new", &p("new.jsonl"))],
+    );
+    replace_atomically(&path, changed.as_bytes());
+    weir.wait_for_log("Manifest reloaded.", 1);
+    let line = weir.lines_with("Manifest reloaded.").pop().unwrap();
+    for part in [
+        "rules added: new",
+        "rules removed: old",
+        "rules rewired: steady",
+        "sinks changed: s",
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+    assert!(
+        !line.contains("win"),
+        "the window rule is untouched: {line}"
+    );
+    publish(&broker, "old/x", 10, 20, "n");
+    publish(&broker, "new/x", 0, 10, "n");
+    wait_for_lines(&p("new.jsonl"), 10, &weir);
+    assert_eq!(
+        lines(&p("old.jsonl")).len(),
+        10,
+        "the removed rule's subscription ended"
+    );
+
+    // A broken manifest: every problem logged, nothing changes.
+    let broken = changed.replace("qos = 1\nto = [\"new\"]", "qos = 7\nto = [\"nowhere\"]");
+    replace_atomically(&path, broken.as_bytes());
+    weir.wait_for_log("Manifest reload failed", 1);
+    let line = weir.lines_with("Manifest reload failed").pop().unwrap();
+    assert!(line.contains("nowhere"), "names the unknown sink: {line}");
+    assert!(line.contains("qos"), "names the bad qos: {line}");
+    publish(&broker, "new/x", 10, 20, "n");
+    wait_for_lines(&p("new.jsonl"), 20, &weir);
+
+    publisher.join().unwrap();
+    publish(&broker, "win/a", 30, 50, "v");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let total = lines(&p("s1.jsonl")).len() + lines(&p("s2.jsonl")).len();
+        if total >= N as usize {
+            break;
+        }
+        assert!(Instant::now() < deadline, "steady has {total} of {N}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + WAIT;
+    while weir.metric(&["weir_rule_messages_in_total", "rule=\"win\""]) < 50.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the window rule did not take 50 readings"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    weir.terminate();
+
+    // The unchanged rule lost nothing: the old sink's file, then the new
+    // one, hold every message once, in order per topic.
+    let s1 = lines(&p("s1.jsonl"));
+    let s2 = lines(&p("s2.jsonl"));
+    assert!(
+        !s1.is_empty() && !s2.is_empty(),
+        "traffic on both sides of the switch"
+    );
+    let mut all = s1;
+    all.extend(s2);
+    let mut seen = vec![0u32; N as usize];
+    let mut last = std::collections::HashMap::<String, i64>::new();
+    for l in &all {
+        let seq = l["payload"]["seq"].as_u64().unwrap();
+        seen[seq as usize] += 1;
+        let prev = last
+            .entry(l["topic"].as_str().unwrap().to_owned())
+            .or_insert(-1);
+        assert!(seq as i64 > *prev, "out of order at {seq}");
+        *prev = seq as i64;
+    }
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "each steady message exactly once"
+    );
+    // The window kept its state across both reloads.
+    let windows = lines(&p("w.jsonl"));
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    assert_eq!(windows[0]["payload"]["v_count"], 50);
+    assert_eq!(windows[0]["payload"]["v_sum"], (0..50).sum::<u64>() as f64);
+}
+
+#[test]
+fn with_no_watch_only_sighup_reloads_the_manifest() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let client = format!("weir-reload-hup-{}", unique());
+    let stats = weir_test_artifacts::STATS;
+    let manifest = rules_manifest(&broker, &client, stats, &p("s.jsonl"), &p("w.jsonl"), &[]);
+    let weir = Weir::run(
+        dir.path(),
+        manifest.trim_end_matches("\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+        2,
+        &["--no-watch"],
+    );
+    assert!(
+        weir.lines_with("Watching the manifest").is_empty(),
+        "no watcher"
+    );
+    let changed = rules_manifest(
+        &broker,
+        &client,
+        stats,
+        &p("s.jsonl"),
+        &p("w.jsonl"),
+        &[("added", "added", &p("added.jsonl"))],
+    );
+    replace_atomically(&p("weir.toml"), changed.as_bytes());
+    let pid = weir.child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    weir.wait_for_log("Manifest reloaded.", 1);
+    assert_eq!(weir.lines_with("SIGHUP: reloading the manifest.").len(), 1);
+    publish(&broker, "added/x", 0, 5, "n");
+    wait_for_lines(&p("added.jsonl"), 5, &weir);
+    weir.terminate();
 }

@@ -167,6 +167,14 @@ impl Reloader {
             }
         };
         self.failed.remove(&path);
+        if format!("{:?}", self.config.broker) != format!("{:?}", new.broker)
+            || self.config.http != new.http
+        {
+            tracing::warn!(
+                file,
+                "[broker] and [http] changes take effect when weir restarts."
+            );
+        }
         self.apply_manifest(pipeline, new).await
     }
 
