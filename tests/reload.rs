@@ -47,6 +47,9 @@ impl Weir {
             log,
         };
         weir.wait_for_log("Subscribed.", subscriptions);
+        if !extra.contains(&"--no-watch") {
+            weir.wait_for_log("Watching the manifest and plugins.", 1);
+        }
         weir
     }
 
@@ -780,5 +783,55 @@ fn with_no_watch_only_sighup_reloads_the_manifest() {
     assert_eq!(weir.lines_with("SIGHUP: reloading the manifest.").len(), 1);
     publish(&broker, "added/x", 0, 5, "n");
     wait_for_lines(&p("added.jsonl"), 5, &weir);
+    weir.terminate();
+}
+
+#[test]
+fn polling_sees_a_replaced_plugin_and_a_plugin_the_reloaded_manifest_added_in_a_new_folder() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("tag.wasm");
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(&plugin, std::fs::read(weir_test_artifacts::TAG_V1).unwrap()).unwrap();
+    let manifest = tag_manifest(&broker, &plugin, &out);
+    let weir = Weir::run(dir.path(), &manifest, 1, &["--watch-poll-ms", "100"]);
+    let watching = weir.lines_with("Watching the manifest and plugins.");
+    assert!(watching[0].contains("polling"), "{watching:?}");
+
+    replace_atomically(
+        &plugin,
+        &std::fs::read(weir_test_artifacts::TAG_V2).unwrap(),
+    );
+    weir.wait_for_log("Plugin swapped.", 1);
+
+    // The manifest names a second plugin in a folder not watched so far.
+    let later_dir = dir.path().join("later");
+    std::fs::create_dir(&later_dir).unwrap();
+    let later = later_dir.join("other.wasm");
+    std::fs::write(&later, std::fs::read(weir_test_artifacts::TAG_V1).unwrap()).unwrap();
+    let with_other = format!(
+        "{manifest}\n[plugins.other]\npath = \"{}\"\n\n[[rules]]\nname = \"other\"\nfrom = [\"other/{{device}}\"]\nqos = 1\nsteps = [{{ plugin = \"other\" }}]\nto = [\"out\"]\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        toml_path(&later)
+    );
+    replace_atomically(&dir.path().join("weir.toml"), with_other.as_bytes());
+    weir.wait_for_log("rules added: other", 1);
+    replace_atomically(&later, &std::fs::read(weir_test_artifacts::TAG_V2).unwrap());
+    weir.wait_for_log("Plugin swapped.", 2);
+    let last = weir.lines_with("Plugin swapped.").pop().unwrap();
+    assert!(last.contains("tag-v2") || last.contains("2.0.0"), "{last}");
+    assert!(last.contains("rule=\"other\""), "{last}");
+
+    publish_many_blocking(
+        &broker.url(),
+        |_| "other/x".to_owned(),
+        |i| format!(r#"{{"seq":{i}}}"#).into_bytes(),
+        5,
+        1,
+    );
+    let got = wait_for_lines(&out, 5, &weir);
+    assert!(
+        got.iter().all(|l| l["payload"]["tag"] == "tag-v2"),
+        "{got:?}"
+    );
     weir.terminate();
 }

@@ -193,6 +193,9 @@ pub struct Changes {
     pub sinks_removed: Vec<String>,
     /// Sinks rebuilt (the old one drained after the switch).
     pub sinks_changed: Vec<String>,
+    /// `rule/plugin` steps of kept rules switched to another build of
+    /// their plugin between two batches (state moved as on a file change).
+    pub plugins_swapped: Vec<String>,
     /// Handles of the sinks started, for their health watchers.
     pub started: Vec<SinkHandle>,
 }
@@ -207,6 +210,7 @@ impl Changes {
             && self.sinks_added.is_empty()
             && self.sinks_removed.is_empty()
             && self.sinks_changed.is_empty()
+            && self.plugins_swapped.is_empty()
     }
 }
 
@@ -220,6 +224,7 @@ impl std::fmt::Display for Changes {
             ("sinks added", &self.sinks_added),
             ("sinks removed", &self.sinks_removed),
             ("sinks changed", &self.sinks_changed),
+            ("plugins swapped", &self.plugins_swapped),
         ];
         let mut first = true;
         for (what, names) in parts {
@@ -253,9 +258,10 @@ fn sinks_of(rule: &RuleConfig) -> impl Iterator<Item = &str> {
 }
 
 /// Whether a rule must be rebuilt: its settings differ, or a plugin it
-/// runs is another build or has other limits. (Model types compare by
-/// their `Debug` text, which covers every field; secrets print redacted,
-/// so a changed secret alone does not count as a change.)
+/// runs has other limits. Another build of the same plugin is swapped in
+/// instead ([`plugin_swaps`]). (Model types compare by their `Debug` text,
+/// which covers every field; secrets print redacted, so a changed secret
+/// alone does not count as a change.)
 fn rule_differs(old: &Config, new: &Config, a: &RuleConfig, b: &RuleConfig) -> bool {
     if format!("{a:?}") != format!("{b:?}") {
         return true;
@@ -265,9 +271,28 @@ fn rule_differs(old: &Config, new: &Config, a: &RuleConfig, b: &RuleConfig) -> b
         else {
             return true;
         };
-        x.plugin.content_hash() != y.plugin.content_hash()
-            || format!("{:?}", x.limits) != format!("{:?}", y.limits)
+        format!("{:?}", x.limits) != format!("{:?}", y.limits)
     })
+}
+
+/// The steps of rule `b` (kept, not rebuilt) whose plugin is another build
+/// in `new`: `(step index, step)`.
+fn plugin_swaps(
+    old: &Config,
+    new: &Config,
+    b: &RuleConfig,
+) -> Vec<(usize, crate::config::StepConfig)> {
+    b.steps
+        .iter()
+        .enumerate()
+        .filter(
+            |(_, step)| match (old.plugins.get(&step.plugin), new.plugins.get(&step.plugin)) {
+                (Some(x), Some(y)) => x.plugin.content_hash() != y.plugin.content_hash(),
+                _ => false,
+            },
+        )
+        .map(|(i, s)| (i, s.clone()))
+        .collect()
 }
 
 impl Pipeline {
@@ -384,6 +409,44 @@ impl Pipeline {
             pending = rest;
         }
 
+        // New builds of plugins in rules that stay: instances built and
+        // initialised now, swapped in between batches below.
+        let mut swaps = Vec::new();
+        for rule in &new.rules {
+            let Some(kept) = self.rules.iter().find(|w| w.config.name == rule.name) else {
+                continue;
+            };
+            if rule_differs(old, new, &kept.config, rule) {
+                continue;
+            }
+            for (index, step) in plugin_swaps(old, new, rule) {
+                let p = new.plugins[&step.plugin].clone();
+                let built = tokio::task::spawn_blocking(move || match &step.window {
+                    None => p
+                        .plugin
+                        .instantiate(&step.plugin, &step.config, p.limits)
+                        .map(|i| Replacement::Transform(Box::new(i))),
+                    Some(_) => p
+                        .plugin
+                        .instantiate_aggregator(&step.plugin, &step.config, p.limits)
+                        .map(|a| Replacement::Aggregate(Box::new(a))),
+                })
+                .await;
+                let error = match built {
+                    Ok(Ok(r)) => {
+                        swaps.push((rule.name.clone(), index, r));
+                        continue;
+                    }
+                    Ok(Err(e)) => anyhow::Error::from(e),
+                    Err(e) => anyhow::anyhow!("starting it panicked: {e}"),
+                };
+                for (_, s) in started.into_iter().rev() {
+                    s.shutdown().await;
+                }
+                return Err(error.context(format!("rule {:?}", rule.name)));
+            }
+        }
+
         // Rules.
         let runtime = tokio::runtime::Handle::current();
         let mut next: Vec<RuleWorker> = Vec::new();
@@ -473,6 +536,41 @@ impl Pipeline {
                 done,
             });
             let _ = answer.await;
+        }
+
+        for (rule, index, replacement) in swaps {
+            let plugin = replacement.plugin().clone();
+            let Some(w) = next.iter().find(|w| w.config.name == rule) else {
+                continue;
+            };
+            let name = w.config.steps[index].plugin.clone();
+            let (done, answer) = oneshot::channel();
+            w.queue.command(Command::Swap {
+                step: index,
+                next: replacement,
+                done,
+            });
+            match answer.await {
+                Ok(Ok(swapped)) => {
+                    let version = plugin.metadata().map(|m| m.version).unwrap_or_default();
+                    telemetry::plugin_swapped(
+                        &name,
+                        &rule,
+                        &version,
+                        &plugin.content_hash(),
+                        swapped.state.as_str(),
+                        swapped.pause,
+                    );
+                    telemetry::plugin_reloaded(&name);
+                    changes.plugins_swapped.push(format!("{rule}/{name}"));
+                }
+                Ok(Err(failed)) => {
+                    let cause = format!("rule {rule:?}: {}", failed.reason);
+                    let file = plugin.path().display().to_string();
+                    telemetry::plugin_reload_failed(&name, &file, &cause);
+                }
+                Err(_) => {}
+            }
         }
 
         // Route to the new set, subscribe to what it needs.

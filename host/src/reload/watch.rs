@@ -67,6 +67,8 @@ pub struct Watcher {
     files: Arc<Mutex<HashSet<PathBuf>>>,
     /// Folders watched.
     dirs: HashSet<PathBuf>,
+    /// The debouncer's input, for files that become of interest.
+    raw: mpsc::UnboundedSender<PathBuf>,
     debounce: tokio::task::JoinHandle<()>,
     /// What the watcher runs on, for the log.
     pub kind: &'static str,
@@ -77,6 +79,7 @@ impl Watcher {
     pub fn start(files: &[PathBuf], mode: Mode, out: mpsc::Sender<Change>) -> anyhow::Result<Self> {
         let interest: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
         let (raw_tx, raw_rx) = mpsc::unbounded_channel::<PathBuf>();
+        let raw = raw_tx.clone();
         let handler = {
             let interest = interest.clone();
             move |event: notify::Result<notify::Event>| {
@@ -106,6 +109,7 @@ impl Watcher {
             inner,
             files: interest,
             dirs: HashSet::new(),
+            raw,
             debounce: tokio::spawn(debounce(raw_rx, out)),
             kind,
         };
@@ -114,7 +118,8 @@ impl Watcher {
     }
 
     /// Replaces the files of interest (after a manifest reload named other
-    /// plugins).
+    /// plugins). A newly named file is looked at once, in case it changed
+    /// before it was watched.
     pub fn set_files(&mut self, files: &[PathBuf]) -> anyhow::Result<()> {
         let dirs: HashSet<PathBuf> = files
             .iter()
@@ -130,7 +135,17 @@ impl Watcher {
             let _ = self.inner.unwatch(&dir);
             self.dirs.remove(&dir);
         }
-        *self.files.lock().unwrap() = files.iter().cloned().collect();
+        let mut interest = self.files.lock().unwrap();
+        for file in files {
+            // A file named since the last call (or at start) may have
+            // changed between its load and now, before anything watched
+            // it: look once. (The reloader compares content hashes, so an
+            // unchanged file costs a read.)
+            if !interest.contains(file) {
+                let _ = self.raw.send(file.clone());
+            }
+        }
+        *interest = files.iter().cloned().collect();
         Ok(())
     }
 }
