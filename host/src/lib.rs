@@ -25,6 +25,8 @@
 //! - [`health`]: the health registry — which rules, sinks and plugins run,
 //!   and whether they are well.
 //! - [`http`]: the HTTP endpoint, `/metrics` (Prometheus) and `/health`.
+//! - [`reload`]: hot reload — file watching, plugin swaps at batch
+//!   boundaries with state carried over, manifest diffs.
 //! - [`window`]: windows for aggregation — time, watermarks, lateness,
 //!   assignment, the cap on open windows; drives aggregate plugins.
 
@@ -38,6 +40,7 @@ pub mod health;
 pub mod http;
 pub mod message;
 pub mod pipeline;
+pub mod reload;
 pub mod rule;
 pub mod sink;
 pub mod source;

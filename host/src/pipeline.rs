@@ -21,13 +21,13 @@
 //! their queues, sinks flush, acknowledgements go out, the source
 //! disconnects.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ack::AckToken;
 use crate::config::{Backpressure, Config, PayloadFormat, RuleConfig};
@@ -45,7 +45,7 @@ pub const RULE_BATCH: usize = 256;
 /// How often an idle rule with window steps advances their watermarks
 /// with the clock, so processing-time windows close without new input.
 /// Bounds how late such a window is emitted.
-pub const WINDOW_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+pub const WINDOW_TICK: Duration = Duration::from_millis(50);
 
 /// `origin` of a message no single input produced (a window's result):
 /// acknowledged by nobody, reported as itself.
@@ -55,9 +55,14 @@ const NO_INPUT: usize = usize::MAX;
 pub struct Pipeline {
     source: Source,
     router: tokio::task::JoinHandle<()>,
+    /// New routing tables for the router (manifest reload).
+    routes: mpsc::UnboundedSender<Routes>,
     rules: Vec<RuleWorker>,
     sinks: Vec<(String, RunningSink)>,
 }
+
+/// A routing table: the router and the queue of each rule, in rule order.
+type Routes = (Router, Vec<Arc<RuleQueue>>);
 
 impl Pipeline {
     /// Starts sinks, rules and the source, in that order, so nothing is
@@ -76,11 +81,19 @@ impl Pipeline {
         let runtime = tokio::runtime::Handle::current();
         let mut rules = Vec::new();
         for rule in &config.rules {
-            rules.push(RuleWorker::start(rule, config, &handles, runtime.clone())?);
+            rules.push(RuleWorker::start(
+                rule,
+                config,
+                &handles,
+                runtime.clone(),
+                false,
+            )?);
         }
         let (tx, rx) = mpsc::channel(crate::source::HANDOFF_CAPACITY);
+        let (routes, routes_rx) = mpsc::unbounded_channel();
         let router = tokio::spawn(route(
             rx,
+            routes_rx,
             Router::new(&config.rules),
             rules.iter().map(|r| r.queue.clone()).collect(),
         ));
@@ -88,6 +101,7 @@ impl Pipeline {
         Ok(Pipeline {
             source,
             router,
+            routes,
             rules,
             sinks,
         })
@@ -100,12 +114,55 @@ impl Pipeline {
             .map(|(name, s)| (name.as_str(), &s.handle))
     }
 
+    /// Every step that runs plugin `name`: `(rule, step index, step)`.
+    pub fn steps_using(&self, name: &str) -> Vec<(String, usize, crate::config::StepConfig)> {
+        self.rules
+            .iter()
+            .flat_map(|r| {
+                r.config
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.plugin == name)
+                    .map(|(i, s)| (r.config.name.clone(), i, s.clone()))
+            })
+            .collect()
+    }
+
+    /// Hands `next` to the worker of rule `rule`, which swaps it in for
+    /// step `step` between two batches (the running batch finishes on the
+    /// old version). Waits for the worker's answer.
+    pub async fn swap_step(
+        &self,
+        rule: &str,
+        step: usize,
+        next: Replacement,
+    ) -> Result<Swapped, String> {
+        let Some(worker) = self.rules.iter().find(|r| r.config.name == rule) else {
+            return Err(format!("rule {rule:?} is not running"));
+        };
+        let (done, answer) = oneshot::channel();
+        worker.queue.command(Command::Swap { step, next, done });
+        match answer.await {
+            Ok(Ok(swapped)) => Ok(swapped),
+            Ok(Err(failed)) => {
+                // Dropped here, on the reload task, not on the rule thread.
+                drop(failed.rejected);
+                Err(failed.reason)
+            }
+            Err(_) => Err(format!(
+                "rule {rule:?} stopped before it took the new version"
+            )),
+        }
+    }
+
     /// Stops intake, drains every rule, flushes every sink, lets the
     /// acknowledgements out, and disconnects.
     pub async fn shutdown(self) {
         let Pipeline {
             source,
             router,
+            routes: _,
             rules,
             sinks,
         } = self;
@@ -121,6 +178,448 @@ impl Pipeline {
             sink.shutdown().await;
         }
         source.stop().await;
+    }
+}
+
+/// What a manifest reload changed in a running pipeline.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Rules started.
+    pub rules_added: Vec<String>,
+    /// Rules stopped (queue drained, windows flushed, unsubscribed).
+    pub rules_removed: Vec<String>,
+    /// Rules rebuilt from their new settings.
+    pub rules_changed: Vec<String>,
+    /// Unchanged rules switched to a rebuilt sink between two batches.
+    pub rules_rewired: Vec<String>,
+    /// Sinks started.
+    pub sinks_added: Vec<String>,
+    /// Sinks drained and stopped.
+    pub sinks_removed: Vec<String>,
+    /// Sinks rebuilt (the old one drained after the switch).
+    pub sinks_changed: Vec<String>,
+    /// `rule/plugin` steps of kept rules switched to another build of
+    /// their plugin between two batches (state moved as on a file change).
+    pub plugins_swapped: Vec<String>,
+    /// Handles of the sinks started, for their health watchers.
+    pub started: Vec<SinkHandle>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.rules_added.is_empty()
+            && self.rules_removed.is_empty()
+            && self.rules_changed.is_empty()
+            && self.rules_rewired.is_empty()
+            && self.sinks_added.is_empty()
+            && self.sinks_removed.is_empty()
+            && self.sinks_changed.is_empty()
+            && self.plugins_swapped.is_empty()
+    }
+}
+
+impl std::fmt::Display for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            ("rules added", &self.rules_added),
+            ("rules removed", &self.rules_removed),
+            ("rules changed", &self.rules_changed),
+            ("rules rewired", &self.rules_rewired),
+            ("sinks added", &self.sinks_added),
+            ("sinks removed", &self.sinks_removed),
+            ("sinks changed", &self.sinks_changed),
+            ("plugins swapped", &self.plugins_swapped),
+        ];
+        let mut first = true;
+        for (what, names) in parts {
+            if names.is_empty() {
+                continue;
+            }
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(f, "{what}: {}", names.join(", "))?;
+        }
+        if first {
+            f.write_str("nothing")?;
+        }
+        Ok(())
+    }
+}
+
+/// The sinks a rule writes to: `to`, `errors`, and window steps' `late_to`.
+fn sinks_of(rule: &RuleConfig) -> impl Iterator<Item = &str> {
+    rule.to
+        .iter()
+        .chain(&rule.errors)
+        .chain(
+            rule.steps
+                .iter()
+                .filter_map(|s| s.window.as_ref()?.late_to.as_ref()),
+        )
+        .map(String::as_str)
+}
+
+/// Whether a rule must be rebuilt: its settings differ, or a plugin it
+/// runs has other limits. Another build of the same plugin is swapped in
+/// instead ([`plugin_swaps`]). (Model types compare by their `Debug` text,
+/// which covers every field; secrets print redacted, so a changed secret
+/// alone does not count as a change.)
+fn rule_differs(old: &Config, new: &Config, a: &RuleConfig, b: &RuleConfig) -> bool {
+    if format!("{a:?}") != format!("{b:?}") {
+        return true;
+    }
+    b.steps.iter().any(|step| {
+        let (Some(x), Some(y)) = (old.plugins.get(&step.plugin), new.plugins.get(&step.plugin))
+        else {
+            return true;
+        };
+        format!("{:?}", x.limits) != format!("{:?}", y.limits)
+    })
+}
+
+/// The steps of rule `b` (kept, not rebuilt) whose plugin is another build
+/// in `new`: `(step index, step)`.
+fn plugin_swaps(
+    old: &Config,
+    new: &Config,
+    b: &RuleConfig,
+) -> Vec<(usize, crate::config::StepConfig)> {
+    b.steps
+        .iter()
+        .enumerate()
+        .filter(
+            |(_, step)| match (old.plugins.get(&step.plugin), new.plugins.get(&step.plugin)) {
+                (Some(x), Some(y)) => x.plugin.content_hash() != y.plugin.content_hash(),
+                _ => false,
+            },
+        )
+        .map(|(i, s)| (i, s.clone()))
+        .collect()
+}
+
+impl Pipeline {
+    /// Applies a reloaded manifest: diffs `new` against `old` (what runs)
+    /// by name and rebuilds only what changed.
+    ///
+    /// - A new sink is started; a changed sink is started anew, the rules
+    ///   that use it switch to it between two batches, and the old one is
+    ///   drained (flushed, acknowledged) and stopped; a removed sink is
+    ///   drained and stopped once no rule uses it.
+    /// - A new rule is started and subscribed. A removed rule stops taking
+    ///   messages (the router forgets it, its filters are unsubscribed), its
+    ///   queue is drained, its open windows are finished and flushed. A
+    ///   changed rule is a new worker whose queue waits until the old
+    ///   worker has drained, so a topic's messages stay in order.
+    /// - An unchanged rule is not touched: same worker, same windows.
+    ///
+    /// If a new sink or rule cannot start, what was started is stopped
+    /// again and nothing changes; the error is returned.
+    pub async fn apply(
+        &mut self,
+        old: &Config,
+        new: &Config,
+        health: &crate::health::Health,
+    ) -> anyhow::Result<Changes> {
+        let mut changes = Changes::default();
+        let debug = |x: &dyn std::fmt::Debug| format!("{x:?}");
+
+        // Sinks: added and changed; a sink whose dead-letter target is
+        // rebuilt is rebuilt too (it holds the old target's handle).
+        let mut rebuild: BTreeSet<String> = new
+            .sinks
+            .iter()
+            .filter(|(name, s)| old.sinks.get(*name).is_none_or(|o| debug(o) != debug(*s)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        loop {
+            let more: Vec<String> = new
+                .sinks
+                .values()
+                .filter(|s| !rebuild.contains(&s.name))
+                .filter(|s| {
+                    s.driver
+                        .dead_letter
+                        .as_ref()
+                        .is_some_and(|d| rebuild.contains(d))
+                })
+                .map(|s| s.name.clone())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            rebuild.extend(more);
+        }
+        for name in &rebuild {
+            if old.sinks.contains_key(name) {
+                changes.sinks_changed.push(name.clone());
+            } else {
+                changes.sinks_added.push(name.clone());
+            }
+        }
+        changes.sinks_removed = old
+            .sinks
+            .keys()
+            .filter(|n| !new.sinks.contains_key(*n))
+            .cloned()
+            .collect();
+
+        let mut handles: BTreeMap<String, SinkHandle> = self
+            .sinks
+            .iter()
+            .filter(|(name, _)| new.sinks.contains_key(name) && !rebuild.contains(name))
+            .map(|(name, s)| (name.clone(), s.handle.clone()))
+            .collect();
+        let context = SinkContext {
+            broker: new.broker.clone(),
+        };
+        let mut started: Vec<(String, RunningSink)> = Vec::new();
+        let mut pending: Vec<&crate::config::SinkConfig> =
+            rebuild.iter().map(|n| &new.sinks[n]).collect();
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for sink in pending {
+                let dead_letter = match &sink.driver.dead_letter {
+                    None => None,
+                    Some(name) => match handles.get(name) {
+                        Some(h) => Some(h.clone()),
+                        None => {
+                            rest.push(sink);
+                            continue;
+                        }
+                    },
+                };
+                let started_sink = match crate::sink::preflight(sink).await {
+                    Ok(()) => crate::sink::start(sink, dead_letter, &context),
+                    Err(e) => Err(e),
+                };
+                match started_sink {
+                    Ok(running) => {
+                        handles.insert(sink.name.clone(), running.handle.clone());
+                        started.push((sink.name.clone(), running));
+                    }
+                    Err(e) => {
+                        for (_, s) in started.into_iter().rev() {
+                            s.shutdown().await;
+                        }
+                        return Err(e.context(format!("sink {:?} failed to start", sink.name)));
+                    }
+                }
+            }
+            if rest.len() == before {
+                for (_, s) in started.into_iter().rev() {
+                    s.shutdown().await;
+                }
+                anyhow::bail!("dead-letter sinks form a cycle");
+            }
+            pending = rest;
+        }
+
+        // New builds of plugins in rules that stay: instances built and
+        // initialised now, swapped in between batches below.
+        let mut swaps = Vec::new();
+        for rule in &new.rules {
+            let Some(kept) = self.rules.iter().find(|w| w.config.name == rule.name) else {
+                continue;
+            };
+            if rule_differs(old, new, &kept.config, rule) {
+                continue;
+            }
+            for (index, step) in plugin_swaps(old, new, rule) {
+                let p = new.plugins[&step.plugin].clone();
+                let built = tokio::task::spawn_blocking(move || match &step.window {
+                    None => p
+                        .plugin
+                        .instantiate(&step.plugin, &step.config, p.limits)
+                        .map(|i| Replacement::Transform(Box::new(i))),
+                    Some(_) => p
+                        .plugin
+                        .instantiate_aggregator(&step.plugin, &step.config, p.limits)
+                        .map(|a| Replacement::Aggregate(Box::new(a))),
+                })
+                .await;
+                let error = match built {
+                    Ok(Ok(r)) => {
+                        swaps.push((rule.name.clone(), index, r));
+                        continue;
+                    }
+                    Ok(Err(e)) => anyhow::Error::from(e),
+                    Err(e) => anyhow::anyhow!("starting it panicked: {e}"),
+                };
+                for (_, s) in started.into_iter().rev() {
+                    s.shutdown().await;
+                }
+                return Err(error.context(format!("rule {:?}", rule.name)));
+            }
+        }
+
+        // Rules.
+        let runtime = tokio::runtime::Handle::current();
+        let mut next: Vec<RuleWorker> = Vec::new();
+        let mut old_workers: Vec<RuleWorker> = Vec::new();
+        let mut current: Vec<RuleWorker> = std::mem::take(&mut self.rules);
+        let mut fresh: Vec<Arc<RuleQueue>> = Vec::new();
+        let mut failure = None;
+        for rule in &new.rules {
+            let existing = current
+                .iter()
+                .position(|w| w.config.name == rule.name)
+                .map(|i| current.remove(i));
+            match existing {
+                Some(w) if !rule_differs(old, new, &w.config, rule) => {
+                    if sinks_of(rule).any(|s| rebuild.contains(s)) {
+                        changes.rules_rewired.push(rule.name.clone());
+                    }
+                    next.push(w);
+                }
+                existing => {
+                    let held = existing.is_some();
+                    match RuleWorker::start(rule, new, &handles, runtime.clone(), held) {
+                        Ok(w) => {
+                            fresh.push(w.queue.clone());
+                            next.push(w);
+                        }
+                        Err(e) => {
+                            failure =
+                                Some(e.context(format!("rule {:?} failed to start", rule.name)));
+                        }
+                    }
+                    match existing {
+                        Some(old_worker) => {
+                            changes.rules_changed.push(rule.name.clone());
+                            old_workers.push(old_worker);
+                        }
+                        None => changes.rules_added.push(rule.name.clone()),
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = failure {
+            // Put everything back as it was.
+            let mut restored = Vec::new();
+            for w in next.into_iter().chain(old_workers).chain(current) {
+                if fresh.iter().any(|q| Arc::ptr_eq(q, &w.queue)) {
+                    w.queue.close();
+                    let _ = tokio::task::spawn_blocking(move || w.thread.join()).await;
+                } else {
+                    restored.push(w);
+                }
+            }
+            restored.sort_by_key(|w| old.rules.iter().position(|r| r.name == w.config.name));
+            self.rules = restored;
+            for (_, s) in started.into_iter().rev() {
+                s.shutdown().await;
+            }
+            return Err(e);
+        }
+        changes.rules_removed = current.iter().map(|w| w.config.name.clone()).collect();
+        old_workers.extend(current);
+
+        // Unchanged rules that use a rebuilt sink switch between batches.
+        for w in &next {
+            if !changes.rules_rewired.contains(&w.config.name) {
+                continue;
+            }
+            let rule = &w.config;
+            let (done, answer) = oneshot::channel();
+            w.queue.command(Command::Rewire {
+                to: rule.to.iter().map(|n| handles[n].clone()).collect(),
+                errors: rule.errors.as_ref().map(|n| handles[n].clone()),
+                late: rule
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        s.window
+                            .as_ref()?
+                            .late_to
+                            .as_ref()
+                            .map(|n| handles[n].clone())
+                    })
+                    .collect(),
+                done,
+            });
+            let _ = answer.await;
+        }
+
+        for (rule, index, replacement) in swaps {
+            let plugin = replacement.plugin().clone();
+            let Some(w) = next.iter().find(|w| w.config.name == rule) else {
+                continue;
+            };
+            let name = w.config.steps[index].plugin.clone();
+            let (done, answer) = oneshot::channel();
+            w.queue.command(Command::Swap {
+                step: index,
+                next: replacement,
+                done,
+            });
+            match answer.await {
+                Ok(Ok(swapped)) => {
+                    let version = plugin.metadata().map(|m| m.version).unwrap_or_default();
+                    telemetry::plugin_swapped(
+                        &name,
+                        &rule,
+                        &version,
+                        &plugin.content_hash(),
+                        swapped.state.as_str(),
+                        swapped.pause,
+                    );
+                    telemetry::plugin_reloaded(&name);
+                    changes.plugins_swapped.push(format!("{rule}/{name}"));
+                }
+                Ok(Err(failed)) => {
+                    let cause = format!("rule {rule:?}: {}", failed.reason);
+                    let file = plugin.path().display().to_string();
+                    telemetry::plugin_reload_failed(&name, &file, &cause);
+                }
+                Err(_) => {}
+            }
+        }
+
+        // Route to the new set, subscribe to what it needs.
+        let _ = self.routes.send((
+            Router::new(&new.rules),
+            next.iter().map(|w| w.queue.clone()).collect(),
+        ));
+        self.source.set_subscriptions(subscriptions(&new.rules));
+
+        // Old workers drain what they hold, then the rebuilt ones start.
+        for w in old_workers {
+            w.queue.close();
+            let thread = w.thread;
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        for q in &fresh {
+            q.release();
+        }
+        self.rules = next;
+        for name in &changes.rules_added {
+            health.set_rule(name, crate::health::RuleState::Running);
+        }
+        for name in &changes.rules_removed {
+            health.remove_rule(name);
+        }
+
+        // Sinks no rule uses any more: drained and stopped.
+        let (keep, retire): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sinks)
+            .into_iter()
+            .partition(|(name, _)| new.sinks.contains_key(name) && !rebuild.contains(name));
+        self.sinks = keep;
+        changes.started = started.iter().map(|(_, s)| s.handle.clone()).collect();
+        self.sinks.extend(started);
+        for (name, sink) in retire.into_iter().rev() {
+            sink.shutdown().await;
+            if !new.sinks.contains_key(&name) {
+                health.remove_sink(&name);
+            }
+        }
+        Ok(changes)
     }
 }
 
@@ -155,9 +654,26 @@ fn start_sinks(config: &Config) -> anyhow::Result<Vec<(String, RunningSink)>> {
     Ok(started)
 }
 
-/// The router task: source → rule queues.
-async fn route(mut rx: mpsc::Receiver<Incoming>, router: Router, queues: Vec<Arc<RuleQueue>>) {
-    while let Some(Incoming { message, ack }) = rx.recv().await {
+/// The router task: source → rule queues. A new routing table (manifest
+/// reload) takes effect between two messages.
+async fn route(
+    mut rx: mpsc::Receiver<Incoming>,
+    mut updates: mpsc::UnboundedReceiver<Routes>,
+    mut router: Router,
+    mut queues: Vec<Arc<RuleQueue>>,
+) {
+    loop {
+        let Incoming { message, ack } = tokio::select! {
+            biased;
+            Some((r, q)) = updates.recv() => {
+                (router, queues) = (r, q);
+                continue;
+            }
+            incoming = rx.recv() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+        };
         let mut targets: Vec<(usize, Fields)> = Vec::new();
         router.route(&message.topic, |rule, captures| {
             targets.push((rule, Fields::from_pairs(captures.iter().copied())));
@@ -186,7 +702,24 @@ struct RuleQueue {
 
 struct QueueState {
     items: VecDeque<(Message, AckToken)>,
+    /// Commands for the worker, taken before the next batch.
+    commands: VecDeque<Command>,
+    /// Messages wait (the worker does not take them) until released: a
+    /// rule rebuilt by a manifest reload waits for its old worker to drain.
+    held: bool,
     closed: bool,
+}
+
+/// What a rule's worker takes from its queue next.
+enum Popped {
+    /// Commands, handled before any further batch (so between batches).
+    Commands(Vec<Command>),
+    /// Messages to process.
+    Batch(Vec<(Message, AckToken)>),
+    /// Nothing arrived within the timeout.
+    Idle,
+    /// The queue is closed and empty.
+    Closed,
 }
 
 impl RuleQueue {
@@ -195,6 +728,8 @@ impl RuleQueue {
             name: Arc::from(name),
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
+                commands: VecDeque::new(),
+                held: false,
                 closed: false,
             }),
             capacity: capacity.max(1),
@@ -241,16 +776,12 @@ impl RuleQueue {
 
     /// Blocks until messages are queued (or the queue is closed and empty:
     /// then returns nothing).
+    #[cfg(test)]
     fn pop_batch(&self, max: usize) -> Vec<(Message, AckToken)> {
-        let mut state = self.state.lock().unwrap();
-        while state.items.is_empty() && !state.closed {
-            state = self.ready.wait(state).unwrap();
+        match self.pop(max, None) {
+            Popped::Batch(batch) => batch,
+            _ => Vec::new(),
         }
-        let n = state.items.len().min(max);
-        let batch: Vec<_> = state.items.drain(..n).collect();
-        drop(state);
-        self.room.notify_waiters();
-        batch
     }
 
     fn close(&self) {
@@ -258,27 +789,134 @@ impl RuleQueue {
         self.ready.notify_all();
     }
 
-    /// Like [`pop_batch`](Self::pop_batch), but gives up after `timeout`:
-    /// `None` when it timed out, an empty batch when the queue is closed.
-    fn pop_batch_timeout(
-        &self,
-        max: usize,
-        timeout: std::time::Duration,
-    ) -> Option<Vec<(Message, AckToken)>> {
-        let state = self.state.lock().unwrap();
-        let (mut state, waited) = self
-            .ready
-            .wait_timeout_while(state, timeout, |s| s.items.is_empty() && !s.closed)
-            .unwrap();
-        if waited.timed_out() && state.items.is_empty() && !state.closed {
-            return None;
-        }
-        let n = state.items.len().min(max);
-        let batch: Vec<_> = state.items.drain(..n).collect();
-        drop(state);
-        self.room.notify_waiters();
-        Some(batch)
+    /// Lets the worker take messages again (see `held`).
+    fn release(&self) {
+        self.state.lock().unwrap().held = false;
+        self.ready.notify_all();
     }
+
+    /// Queues a command for the worker and wakes it.
+    fn command(&self, command: Command) {
+        self.state.lock().unwrap().commands.push_back(command);
+        self.ready.notify_all();
+    }
+
+    /// Waits (up to `timeout`, or without limit) for commands or messages.
+    /// Commands come first: a command queued while a batch runs is handled
+    /// before the next batch.
+    fn pop(&self, max: usize, timeout: Option<Duration>) -> Popped {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if !state.commands.is_empty() {
+                return Popped::Commands(state.commands.drain(..).collect());
+            }
+            if !state.items.is_empty() && !state.held {
+                let n = state.items.len().min(max);
+                let batch: Vec<_> = state.items.drain(..n).collect();
+                drop(state);
+                self.room.notify_waiters();
+                return Popped::Batch(batch);
+            }
+            if state.closed {
+                return Popped::Closed;
+            }
+            match deadline {
+                None => state = self.ready.wait(state).unwrap(),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Popped::Idle;
+                    }
+                    state = self.ready.wait_timeout(state, left).unwrap().0;
+                }
+            }
+        }
+    }
+}
+
+/// A request to a rule's worker, handled between two batches.
+enum Command {
+    /// Replace the plugin instance of step `step`.
+    Swap {
+        step: usize,
+        next: Replacement,
+        done: oneshot::Sender<Result<Swapped, SwapFailed>>,
+    },
+    /// Replace the sink handles (a sink was rebuilt by a manifest reload).
+    Rewire {
+        to: Vec<SinkHandle>,
+        errors: Option<SinkHandle>,
+        /// Late-event sink of each step (`None` for plain steps).
+        late: Vec<Option<SinkHandle>>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A new plugin instance for a step, built and initialised off the rule's
+/// thread.
+pub enum Replacement {
+    /// For a plain step.
+    Transform(Box<Instance>),
+    /// For a window step.
+    Aggregate(Box<Aggregator>),
+}
+
+impl Replacement {
+    /// The plugin the instance runs.
+    pub fn plugin(&self) -> &crate::engine::Plugin {
+        match self {
+            Replacement::Transform(i) => i.plugin(),
+            Replacement::Aggregate(a) => a.plugin(),
+        }
+    }
+}
+
+/// What became of the state of a step whose plugin was swapped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateHandover {
+    /// Snapshot of the old version restored into the new one.
+    Moved {
+        /// Size of the snapshot(s).
+        bytes: usize,
+        /// Accumulators moved (window steps), else 1.
+        parts: usize,
+    },
+    /// The old version had state but the new one cannot take it (it does
+    /// not export `weir:plugin/state`): it starts with fresh state.
+    Fresh,
+    /// Neither version keeps state across a swap.
+    Stateless,
+}
+
+impl StateHandover {
+    /// Label for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StateHandover::Moved { .. } => "moved",
+            StateHandover::Fresh => "fresh",
+            StateHandover::Stateless => "stateless",
+        }
+    }
+}
+
+/// A swap done at a batch boundary.
+pub struct Swapped {
+    /// How long the rule's worker spent on the swap (the pause its input
+    /// saw).
+    pub pause: Duration,
+    /// What became of the state.
+    pub state: StateHandover,
+    /// The old instance, handed back so it is dropped off the rule thread.
+    pub old: Replacement,
+}
+
+/// A swap the worker refused; the old version keeps running.
+pub struct SwapFailed {
+    /// Why, for the operator.
+    pub reason: String,
+    /// The new instance, handed back to be dropped off the rule thread.
+    pub rejected: Replacement,
 }
 
 /// One step of a rule: a transform, or a window feeding an aggregate plugin.
@@ -326,6 +964,7 @@ fn source(
 
 /// A rule's worker thread and queue.
 struct RuleWorker {
+    config: RuleConfig,
     queue: Arc<RuleQueue>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -336,6 +975,7 @@ impl RuleWorker {
         config: &Config,
         sinks: &BTreeMap<String, SinkHandle>,
         runtime: tokio::runtime::Handle,
+        held: bool,
     ) -> anyhow::Result<RuleWorker> {
         let mut steps = Vec::new();
         for step in &rule.steps {
@@ -373,6 +1013,7 @@ impl RuleWorker {
             rule.queue_size,
             rule.backpressure,
         ));
+        queue.state.lock().unwrap().held = held;
         let mut worker = Worker {
             rule: Arc::from(rule.name.as_str()),
             format: rule.format,
@@ -386,31 +1027,35 @@ impl RuleWorker {
         let thread = std::thread::Builder::new()
             .name(format!("rule-{}", rule.name))
             .spawn(move || {
+                let tick = windowed.then_some(WINDOW_TICK);
                 loop {
-                    let batch = if windowed {
-                        match q.pop_batch_timeout(RULE_BATCH, WINDOW_TICK) {
-                            Some(batch) => batch,
-                            None => {
-                                worker.tick(false);
-                                continue;
+                    match q.pop(RULE_BATCH, tick) {
+                        Popped::Commands(commands) => {
+                            for command in commands {
+                                worker.command(command);
                             }
                         }
-                    } else {
-                        q.pop_batch(RULE_BATCH)
-                    };
-                    if batch.is_empty() {
-                        // Shutdown: open windows are finished, not lost.
-                        worker.tick(true);
-                        return;
-                    }
-                    worker.process(batch);
-                    if windowed {
-                        worker.tick(false);
+                        Popped::Batch(batch) => {
+                            worker.process(batch);
+                            if windowed {
+                                worker.tick(false);
+                            }
+                        }
+                        Popped::Idle => worker.tick(false),
+                        Popped::Closed => {
+                            // Shutdown: open windows are finished, not lost.
+                            worker.tick(true);
+                            return;
+                        }
                     }
                 }
             })
             .context("cannot start a rule thread")?;
-        Ok(RuleWorker { queue, thread })
+        Ok(RuleWorker {
+            config: rule.clone(),
+            queue,
+            thread,
+        })
     }
 }
 
@@ -425,6 +1070,114 @@ struct Worker {
 }
 
 impl Worker {
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Swap { step, next, done } => {
+                let result = self.swap(step, next);
+                // The reload task may have given up waiting; then the old
+                // instance (or the rejected one) is simply dropped here.
+                let _ = done.send(result);
+            }
+            Command::Rewire {
+                to,
+                errors,
+                late,
+                done,
+            } => {
+                self.to = to;
+                self.errors = errors;
+                for (step, late) in self.steps.iter_mut().zip(late) {
+                    if let RuleStep::Window(w) = step {
+                        w.late = late;
+                    }
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Swaps step `index` to `next`, moving state across when both
+    /// versions can; on any failure the old version stays.
+    fn swap(&mut self, index: usize, next: Replacement) -> Result<Swapped, SwapFailed> {
+        let started = Instant::now();
+        let Some(step) = self.steps.get_mut(index) else {
+            let reason = format!("the rule has no step {index}");
+            return Err(SwapFailed {
+                reason,
+                rejected: next,
+            });
+        };
+        match (step, next) {
+            (RuleStep::Transform(old), Replacement::Transform(mut new)) => {
+                let state = if old.has_state() && new.has_state() {
+                    let moved = old
+                        .snapshot()
+                        .and_then(|bytes| new.restore(&bytes).map(|()| bytes.len()));
+                    match moved {
+                        Ok(bytes) => StateHandover::Moved { bytes, parts: 1 },
+                        Err(reason) => {
+                            let rejected = Replacement::Transform(new);
+                            return Err(SwapFailed { reason, rejected });
+                        }
+                    }
+                } else if old.has_state() {
+                    StateHandover::Fresh
+                } else {
+                    StateHandover::Stateless
+                };
+                let old = std::mem::replace(old, new);
+                Ok(Swapped {
+                    pause: started.elapsed(),
+                    state,
+                    old: Replacement::Transform(old),
+                })
+            }
+            (RuleStep::Window(w), Replacement::Aggregate(mut new)) => {
+                let mut bytes = 0;
+                let ids = w.op.accumulators();
+                for &id in &ids {
+                    let moved = match w.aggregator.snapshot(id) {
+                        Ok(Ok(state)) => {
+                            bytes += state.len();
+                            match new.restore(id, &state) {
+                                Ok(Ok(())) => Ok(()),
+                                Ok(Err(refused)) => Err(format!(
+                                    "the new version refused accumulator {id}: {refused}"
+                                )),
+                                Err(lost) => Err(lost.to_string()),
+                            }
+                        }
+                        Ok(Err(refused)) => Err(format!(
+                            "the running version cannot snapshot accumulator {id}: {refused}"
+                        )),
+                        Err(lost) => Err(lost.to_string()),
+                    };
+                    if let Err(reason) = moved {
+                        let rejected = Replacement::Aggregate(new);
+                        return Err(SwapFailed { reason, rejected });
+                    }
+                }
+                let old = std::mem::replace(&mut w.aggregator, *new);
+                Ok(Swapped {
+                    pause: started.elapsed(),
+                    state: if ids.is_empty() {
+                        StateHandover::Stateless
+                    } else {
+                        StateHandover::Moved {
+                            bytes,
+                            parts: ids.len(),
+                        }
+                    },
+                    old: Replacement::Aggregate(Box::new(old)),
+                })
+            }
+            (_, rejected) => Err(SwapFailed {
+                reason: "the step is of another kind (plain step vs window step)".into(),
+                rejected,
+            }),
+        }
+    }
+
     fn process(&mut self, batch: Vec<(Message, AckToken)>) {
         let started = Instant::now();
         telemetry::rule_received(&self.rule, batch.len());

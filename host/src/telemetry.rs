@@ -436,6 +436,77 @@ impl Throttle {
     }
 }
 
+/// Hot reloads. Labels: `kind` = `plugin` or `manifest`, `outcome` =
+/// `applied` or `failed`.
+pub const RELOADS: &str = "weir_reloads_total";
+/// Plugin hot reloads per plugin. Labels: `plugin`, `outcome` = `applied`
+/// or `failed`.
+pub const PLUGIN_RELOADS: &str = "weir_plugin_reloads_total";
+/// How long a plugin swap paused a rule, in seconds. Labels: `rule`.
+pub const RELOAD_PAUSE_SECONDS: &str = "weir_reload_pause_seconds";
+
+/// Logs and counts a plugin swapped into a rule's step at a batch
+/// boundary.
+pub fn plugin_swapped(
+    plugin: &str,
+    rule: &str,
+    version: &str,
+    hash: &str,
+    state: &'static str,
+    pause: std::time::Duration,
+) {
+    let pause_ms = pause.as_secs_f64() * 1e3;
+    tracing::info!(
+        plugin,
+        rule,
+        version,
+        hash,
+        state,
+        pause_ms,
+        "Plugin swapped."
+    );
+    metrics::histogram!(RELOAD_PAUSE_SECONDS, "rule" => rule.to_owned())
+        .record(pause.as_secs_f64());
+}
+
+/// Logs and counts a plugin reload that was refused: the old version keeps
+/// running. `file` is the plugin file, `cause` says why.
+pub fn plugin_reload_failed(plugin: &str, file: &str, cause: &str) {
+    tracing::error!(
+        plugin,
+        file,
+        cause,
+        "Plugin reload failed; the running version stays."
+    );
+    counter!(RELOADS, "kind" => "plugin", "outcome" => "failed").increment(1);
+    counter!(PLUGIN_RELOADS, "plugin" => plugin.to_owned(), "outcome" => "failed").increment(1);
+}
+
+/// Counts a plugin reload that took effect (each step's swap is logged by
+/// [`plugin_swapped`]).
+pub fn plugin_reloaded(plugin: &str) {
+    counter!(RELOADS, "kind" => "plugin", "outcome" => "applied").increment(1);
+    counter!(PLUGIN_RELOADS, "plugin" => plugin.to_owned(), "outcome" => "applied").increment(1);
+}
+
+/// Logs and counts a manifest reload that was refused: everything keeps
+/// running as it was. `problems` is every diagnostic, one per line.
+pub fn manifest_reload_failed(file: &str, problems: &str) {
+    tracing::error!(
+        file,
+        problems,
+        "Manifest reload failed; nothing was changed."
+    );
+    counter!(RELOADS, "kind" => "manifest", "outcome" => "failed").increment(1);
+}
+
+/// Logs and counts a manifest reload that took effect; `changes` says
+/// what changed.
+pub fn manifest_reloaded(file: &str, changes: &str) {
+    tracing::info!(file, changes, "Manifest reloaded.");
+    counter!(RELOADS, "kind" => "manifest", "outcome" => "applied").increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,13 @@
 //! every [`process`](Transform::process) call: state lives there, never in
 //! statics. The `dedupe` example plugin is the model.
 //!
+//! To keep that state across a hot reload, also implement [`Stateful`]
+//! (`snapshot` to bytes, `restore` from them) and export with
+//! [`export_stateful!`] instead of [`export!`]: the component then exports
+//! the `state` interface too (world `stateful-transformer`), and weir hands
+//! the running version's state to the new one. Without it a new version
+//! starts with the state its `init` builds.
+//!
 //! # Messages and outputs
 //!
 //! A [`Message`] borrows its parts from the batch buffer and decodes nothing
@@ -118,7 +125,7 @@ pub use aggregate::{Aggregate, Window};
 pub use error::{Error, Result};
 pub use message::{Fields, Message};
 pub use output::{Emitter, Output};
-pub use transform::{Kind, NoConfig, Transform};
+pub use transform::{Kind, NoConfig, Stateful, Transform};
 /// Turns `fn(&Message, &Config) -> Result<bool>` into a filter plugin.
 ///
 /// See the [crate docs](crate) for the generated `Plugin` type.
@@ -158,6 +165,21 @@ pub mod __aggregator_bindings {
             "weir:plugin/types@0.1.0": weir_sdk::__bindings::weir::plugin::types,
             "weir:plugin/host@0.1.0": weir_sdk::__bindings::weir::plugin::host,
         },
+    });
+}
+
+/// Bindings for the `state-export` world: the `state` interface alone,
+/// exported next to the `transformer` bindings' `transform` so the
+/// component is a `stateful-transformer`. (Generating that world here
+/// would define the `transform` export a second time.)
+#[doc(hidden)]
+pub mod __state_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "state-export",
+        pub_export_macro: true,
+        export_macro_name: "__export_state",
+        default_bindings_module: "weir_sdk::__state_bindings",
     });
 }
 
@@ -221,6 +243,84 @@ macro_rules! export {
         #[cfg(not(target_arch = "wasm32"))]
         const _: fn(&str) -> ::core::result::Result<(), ::std::string::String> =
             $crate::runtime::init::<$plugin>;
+
+        /// The plugin's entry points natively, for benchmarks (see
+        /// `weir_sdk::runtime::Native`).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        #[allow(dead_code, reason = "used only by benchmarks that include the plugin's source")]
+        pub fn __weir_native() -> $crate::runtime::Native {
+            $crate::runtime::Native::of::<$plugin>()
+        }
+    };
+}
+
+/// Exports a [`Stateful`] [`Transform`] type as the component's `transform`
+/// and `state` interfaces (world `stateful-transformer`), so its state
+/// moves to the new version on a hot reload.
+///
+/// Use it instead of [`export!`], once per plugin crate. It expands to
+/// nothing outside `wasm32`, so plugin crates build and test natively
+/// ([`testing::Harness::reload`] runs the hand-over).
+#[macro_export]
+macro_rules! export_stateful {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::__bindings::exports::weir::plugin::transform as __t;
+
+            struct __WeirExport;
+
+            impl __t::Guest for __WeirExport {
+                fn metadata() -> __t::PluginMetadata {
+                    $crate::runtime::metadata::<$plugin>(
+                        ::core::env!("CARGO_PKG_NAME"),
+                        ::core::env!("CARGO_PKG_VERSION"),
+                    )
+                }
+
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::runtime::init::<$plugin>(&config)
+                }
+
+                fn process(batch: __t::Batch) -> __t::Outcome {
+                    $crate::runtime::process::<$plugin>(batch)
+                }
+            }
+
+            impl $crate::__state_bindings::exports::weir::plugin::state::Guest for __WeirExport {
+                fn snapshot()
+                -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                    $crate::runtime::snapshot::<$plugin>()
+                }
+
+                fn restore(
+                    state: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::runtime::restore::<$plugin>(&state)
+                }
+            }
+
+            $crate::__bindings::__export_transformer!(__WeirExport with_types_in $crate::__bindings);
+            $crate::__state_bindings::__export_state!(
+                __WeirExport with_types_in $crate::__state_bindings
+            );
+        };
+
+        // Natively nothing is exported; naming the entry points keeps the
+        // plugin's code alive for the dead-code lint.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: (
+            fn(&str) -> ::core::result::Result<(), ::std::string::String>,
+            fn() -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String>,
+            fn(&[u8]) -> ::core::result::Result<(), ::std::string::String>,
+        ) = (
+            $crate::runtime::init::<$plugin>,
+            $crate::runtime::snapshot::<$plugin>,
+            $crate::runtime::restore::<$plugin>,
+        );
 
         /// The plugin's entry points natively, for benchmarks (see
         /// `weir_sdk::runtime::Native`).

@@ -126,6 +126,30 @@ fn process_kept<T: Transform>(batch: &Batch) -> Outcome {
     })
 }
 
+/// The `snapshot` export of a [`Stateful`](crate::Stateful) plugin.
+pub fn snapshot<T: crate::Stateful>() -> Result<Vec<u8>, String> {
+    INSTANCE.with(
+        |slot| match slot.borrow().as_ref().and_then(|p| p.downcast_ref::<T>()) {
+            Some(plugin) => plugin.snapshot().map_err(crate::Error::into_message),
+            None => Err("host bug: snapshot was called before a successful init".to_owned()),
+        },
+    )
+}
+
+/// The `restore` export of a [`Stateful`](crate::Stateful) plugin.
+pub fn restore<T: crate::Stateful>(state: &[u8]) -> Result<(), String> {
+    INSTANCE.with(|slot| {
+        match slot
+            .borrow_mut()
+            .as_mut()
+            .and_then(|p| p.downcast_mut::<T>())
+        {
+            Some(plugin) => plugin.restore(state).map_err(crate::Error::into_message),
+            None => Err("host bug: restore was called before a successful init".to_owned()),
+        }
+    })
+}
+
 /// A plugin compiled natively, driven exactly as the wasm exports drive it
 /// (`init` keeps the instance in the same slot, `process` runs the same
 /// batch loop), minus the wasm boundary. [`export!`](crate::export)

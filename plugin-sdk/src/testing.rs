@@ -235,6 +235,25 @@ impl<P: Transform> Harness<P> {
         &self.plugin
     }
 
+    /// The plugin, to change its state (or call its
+    /// [`Stateful`](crate::Stateful) methods directly).
+    pub fn plugin_mut(&mut self) -> &mut P {
+        &mut self.plugin
+    }
+
+    /// Hands this instance's state to a fresh instance, as a hot reload
+    /// does: `snapshot` here, then `init` with `config` and `restore`
+    /// there. The error is the text the host would log.
+    pub fn reload(&self, config: Value) -> Result<Self, String>
+    where
+        P: crate::Stateful,
+    {
+        let state = crate::Stateful::snapshot(&self.plugin).map_err(crate::Error::into_message)?;
+        let mut next = Self::new(config)?;
+        crate::Stateful::restore(&mut next.plugin, &state).map_err(crate::Error::into_message)?;
+        Ok(next)
+    }
+
     /// Log records written during `init`.
     pub fn init_logs(&self) -> &[Record] {
         &self.init_logs

@@ -79,6 +79,25 @@ pub trait Transform: Sized + 'static {
     fn process(&mut self, msg: &Message<'_>, out: &mut Emitter<'_>) -> Result<()>;
 }
 
+/// A [`Transform`] whose state survives a hot reload: the running version's
+/// [`snapshot`](Self::snapshot) is handed to the new version's
+/// [`restore`](Self::restore), after its `init`, at a batch boundary.
+/// Export the type with [`export_stateful!`](crate::export_stateful)
+/// (world `stateful-transformer`) instead of [`export!`](crate::export).
+///
+/// The bytes are the plugin's own format. Put a version in them: a new
+/// version of the plugin must either read an older version's state or
+/// refuse it with an error, and the host then keeps the running version.
+pub trait Stateful: Transform {
+    /// Serialises the state. An error keeps the running version in place.
+    fn snapshot(&self) -> Result<Vec<u8>>;
+
+    /// Replaces the state [`init`](Transform::init) built with one
+    /// [`snapshot`](Self::snapshot) returned, possibly by an earlier
+    /// version. An error refuses it and the host keeps the running version.
+    fn restore(&mut self, state: &[u8]) -> Result<()>;
+}
+
 /// The config of a plugin that takes none: accepts an empty table (or
 /// nothing at all) and refuses any key, so a misplaced setting is noticed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

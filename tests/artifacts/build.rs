@@ -102,6 +102,21 @@ const GUESTS: &[Guest] = &[
         doc: "`tests/guests/agg-chaos`: an aggregate plugin that counts and sums, and traps in `add` or `finish` on request.",
     },
     Guest {
+        name: "tag-v1",
+        lang: Lang::Rust,
+        doc: "`tests/guests/tag-v1`: a map adding `\"tag\": \"tag-v1\"` to each payload (version 1.0.0); hot-reload tests swap it with [`TAG_V2`].",
+    },
+    Guest {
+        name: "tag-v2",
+        lang: Lang::Rust,
+        doc: "`tests/guests/tag-v2`: the same source as [`TAG_V1`], tagging `tag-v2` (version 2.0.0).",
+    },
+    Guest {
+        name: "tag-refuse",
+        lang: Lang::Rust,
+        doc: "`tests/guests/tag-refuse`: a transform whose `init` refuses every config.",
+    },
+    Guest {
         name: "layout-probe",
         lang: Lang::Rust,
         doc: "`tests/guests/layout-probe`: benchmark guest taking batches in three layouts (exports another world).",

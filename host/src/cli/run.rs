@@ -1,8 +1,11 @@
 //! `weir run`: the pipeline, until SIGINT or SIGTERM.
 //!
 //! Start-up refuses an invalid manifest (every problem is printed, exit 1).
-//! On SIGINT/SIGTERM intake stops, rules drain, sinks flush, the
-//! acknowledgements go out, and the process exits 0.
+//! While running, the manifest and every plugin file it names are watched
+//! and hot-reloaded ([`crate::reload`]); `SIGHUP` reloads the manifest too,
+//! and `--no-watch` leaves only `SIGHUP`. On SIGINT/SIGTERM intake stops,
+//! rules drain, sinks flush, the acknowledgements go out, and the process
+//! exits 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +21,8 @@ use crate::config::Config;
 use crate::engine::{Runtime, RuntimeOptions};
 use crate::health::{Health, RuleState};
 use crate::pipeline::Pipeline;
+use crate::reload::Reloader;
+use crate::reload::watch::{Mode, Watcher};
 
 /// Arguments of `weir run`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +30,14 @@ pub struct RunArgs {
     /// The manifest.
     #[arg(default_value = "weir.toml")]
     pub manifest: PathBuf,
+    /// Do not watch the manifest and plugin files for changes (SIGHUP
+    /// still reloads the manifest).
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Poll the files every this many milliseconds instead of using
+    /// file-system events (for file systems without them).
+    #[arg(long, value_name = "MS")]
+    pub watch_poll_ms: Option<u64>,
 }
 
 pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<ExitCode> {
@@ -37,14 +50,58 @@ pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<Exit
                 return Ok(ExitCode::from(1));
             }
         };
-        let running = Running::start(&config).await?;
+        let mut running = Running::start(&config).await?;
+        let (changes_tx, mut changes) = tokio::sync::mpsc::channel(64);
+        let mut reloader = Reloader::new(
+            config.clone(),
+            runtime.clone(),
+            running.health.clone(),
+            changes_tx.clone(),
+        );
+        let mut watcher = if args.no_watch {
+            None
+        } else {
+            let mode = match args.watch_poll_ms {
+                Some(ms) => Mode::Poll(std::time::Duration::from_millis(ms.max(1))),
+                None => Mode::Events,
+            };
+            let w = Watcher::start(&reloader.files(), mode, changes_tx)?;
+            tracing::info!(files = reloader.files().len(), by = w.kind, "Watching the manifest and plugins.");
+            Some(w)
+        };
         tracing::info!(
             manifest = %args.manifest.display(),
             rules = config.rules.len(),
             sinks = config.sinks.len(),
             "Running."
         );
-        wait_for_signal().await?;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                r = &mut ctrl_c => {
+                    r.context("cannot watch SIGINT")?;
+                    break;
+                }
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the manifest.");
+                    reloader.reload_manifest(&mut running.pipeline, false).await;
+                }
+                Some(change) = changes.recv() => {
+                    reloader.on_change(&mut running.pipeline, change).await;
+                }
+            }
+            if let Some(w) = &mut watcher
+                && let Err(e) = w.set_files(&reloader.files())
+            {
+                tracing::error!(error = %format!("{e:#}"), "Cannot watch a plugin folder; its changes are not seen until SIGHUP.");
+            }
+        }
+        drop(watcher);
         running.stop().await;
         Ok(ExitCode::SUCCESS)
     })
@@ -167,14 +224,4 @@ fn release_startup_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

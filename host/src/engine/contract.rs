@@ -16,6 +16,9 @@ pub const SUPPORTED_LINE: &str = "0.1";
 const TRANSFORM_INTERFACE: &str = "weir:plugin/transform";
 /// The interface an aggregate plugin exports (world `aggregator`).
 const AGGREGATE_INTERFACE: &str = "weir:plugin/aggregate";
+/// The interface a stateful transform also exports (world
+/// `stateful-transformer`): snapshot and restore of its state.
+pub(super) const STATE_INTERFACE: &str = "weir:plugin/state";
 
 /// Why a file is not a plugin this weir can run.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +65,13 @@ pub enum ContractError {
 pub struct ComponentInfo {
     /// The contract version it was built against (`0.1.0`).
     pub contract_version: String,
-    /// The world, as weir names it (`transformer` or `aggregator`).
+    /// The world, as weir names it (`transformer`, `stateful-transformer`
+    /// or `aggregator`).
     pub world: &'static str,
+    /// The full name of the exported `state` interface
+    /// (`weir:plugin/state@0.1.0`), when the plugin can hand its state to
+    /// a new version (world `stateful-transformer`).
+    pub state_export: Option<String>,
     /// Every interface it imports, by full name.
     pub imports: Vec<String>,
     /// Every interface it exports, by full name.
@@ -118,9 +126,23 @@ pub fn inspect(
     if !is_supported(&version) {
         return Err(ContractError::OtherVersion { found: version });
     }
+    let state_export = exports
+        .iter()
+        .find(|name| {
+            name.split_once('@')
+                .is_some_and(|(iface, v)| iface == STATE_INTERFACE && v == version)
+        })
+        .cloned()
+        .filter(|_| world == "transformer");
+    let world = if state_export.is_some() {
+        "stateful-transformer"
+    } else {
+        world
+    };
     Ok(ComponentInfo {
         contract_version: version,
         world,
+        state_export,
         imports,
         exports,
     })

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::Store;
+use wasmtime::component::TypedFunc;
 
 use super::batch::{self, Encoder, Inputs};
 use super::bindings::Transformer;
@@ -204,6 +205,16 @@ pub struct Instance {
 struct Live {
     store: Store<HostState>,
     bindings: Transformer,
+    /// The `state` interface, when the plugin exports it.
+    state: Option<StateFns>,
+}
+
+/// The optional `state` interface's functions, looked up by name: the
+/// `transformer` bindings do not know it, so plugins without it load as
+/// before.
+struct StateFns {
+    snapshot: TypedFunc<(), (Result<Vec<u8>, String>,)>,
+    restore: TypedFunc<(Vec<u8>,), (Result<(), String>,)>,
 }
 
 /// A live guest instance: something with a `Store` that [`call`] guards.
@@ -260,6 +271,69 @@ impl Instance {
     /// Counters since the instance was created.
     pub fn stats(&self) -> &InstanceStats {
         &self.stats
+    }
+
+    /// Whether the plugin can hand its state over (it exports the `state`
+    /// interface, world `stateful-transformer`).
+    pub fn has_state(&self) -> bool {
+        self.plugin.info().state_export.is_some()
+    }
+
+    /// The plugin's serialised state (its `snapshot` export). An error is
+    /// the plugin's refusal, a failed call, or a plugin without state.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        let deadline = self.limits.batch_deadline;
+        let live = self
+            .live
+            .as_mut()
+            .ok_or("the instance was lost to a trap")?;
+        if live.state.is_none() {
+            return Err("the plugin does not export weir:plugin/state".into());
+        }
+        let called = call(live, deadline, |live| {
+            let f = &live.state.as_ref().expect("checked above").snapshot;
+            f.call(&mut live.store, ()).map(|(r,)| r)
+        });
+        match called {
+            Ok(r) => r,
+            Err(e) => {
+                self.live = None;
+                Err(format!(
+                    "snapshot failed ({}): {}",
+                    e.kind.as_str(),
+                    e.reason
+                ))
+            }
+        }
+    }
+
+    /// Replaces the state `init` built with `state` (its `restore`
+    /// export). An error is the plugin's refusal or a failed call; the
+    /// instance must then not be used.
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let deadline = self.limits.batch_deadline;
+        let live = self
+            .live
+            .as_mut()
+            .ok_or("the instance was lost to a trap")?;
+        if live.state.is_none() {
+            return Err("the plugin does not export weir:plugin/state".into());
+        }
+        let called = call(live, deadline, |live| {
+            let f = &live.state.as_ref().expect("checked above").restore;
+            f.call(&mut live.store, (state.to_vec(),)).map(|(r,)| r)
+        });
+        match called {
+            Ok(r) => r,
+            Err(e) => {
+                self.live = None;
+                Err(format!(
+                    "restore failed ({}): {}",
+                    e.kind.as_str(),
+                    e.reason
+                ))
+            }
+        }
     }
 
     /// Runs a batch through the plugin. See the module docs for what happens
@@ -429,10 +503,37 @@ fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live,
         });
     };
     let mut store = new_store(plugin, name, limits);
-    let bindings = pre
+    let instance = pre
+        .instance_pre()
         .instantiate(&mut store)
         .map_err(|e| start_error(name, e))?;
-    Ok(Live { store, bindings })
+    let bindings = Transformer::new(&mut store, &instance).map_err(|e| start_error(name, e))?;
+    let state = match &plugin.info().state_export {
+        None => None,
+        Some(export) => {
+            let lookup = |store: &mut Store<HostState>, func: &str| {
+                let iface = instance.get_export_index(&mut *store, None, export)?;
+                instance.get_export_index(&mut *store, Some(&iface), func)
+            };
+            let missing = |func: &str| PluginError::Start {
+                plugin: name.to_string(),
+                stage: "instantiate",
+                reason: format!("its {export} export has no usable `{func}` function"),
+            };
+            let snapshot = lookup(&mut store, "snapshot")
+                .and_then(|i| instance.get_typed_func(&mut store, i).ok())
+                .ok_or_else(|| missing("snapshot"))?;
+            let restore = lookup(&mut store, "restore")
+                .and_then(|i| instance.get_typed_func(&mut store, i).ok())
+                .ok_or_else(|| missing("restore"))?;
+            Some(StateFns { snapshot, restore })
+        }
+    };
+    Ok(Live {
+        store,
+        bindings,
+        state,
+    })
 }
 
 /// Reads metadata from a throwaway instance.

@@ -69,6 +69,8 @@ pub(super) trait Client: Send + 'static {
     fn poll(&mut self) -> impl Future<Output = Result<Polled<Self::Ack>, String>> + Send;
     /// Queues a SUBSCRIBE without waiting.
     fn try_subscribe(&self, filter: &str, qos: u8) -> Result<(), String>;
+    /// Queues an UNSUBSCRIBE without waiting.
+    fn try_unsubscribe(&self, filter: &str) -> Result<(), String>;
     /// Queues a PUBACK without waiting.
     fn try_ack(&self, ack: &Self::Ack) -> Result<(), String>;
     /// Queues a DISCONNECT without waiting.
@@ -213,6 +215,12 @@ impl Client for V4 {
             .map_err(|e| e.to_string())
     }
 
+    fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {
+        self.client
+            .try_unsubscribe(filter)
+            .map_err(|e| e.to_string())
+    }
+
     fn try_ack(&self, ack: &Self::Ack) -> Result<(), String> {
         self.client.try_ack(ack).map_err(|e| e.to_string())
     }
@@ -275,6 +283,12 @@ impl Client for V5 {
         };
         self.client
             .try_subscribe(filter, qos)
+            .map_err(|e| e.to_string())
+    }
+
+    fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {
+        self.client
+            .try_unsubscribe(filter)
             .map_err(|e| e.to_string())
     }
 

@@ -79,6 +79,7 @@ pub struct Incoming {
 /// The running source.
 pub struct Source {
     phase: watch::Sender<Phase>,
+    subscriptions: watch::Sender<Vec<Subscription>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -102,18 +103,34 @@ impl Source {
         out: mpsc::Sender<Incoming>,
     ) -> anyhow::Result<Source> {
         let (phase, phase_rx) = watch::channel(Phase::Running);
+        let (subs, subs_rx) = watch::channel(subscriptions);
         let backoff = (config.reconnect_min, config.reconnect_max);
         let task = match config.protocol {
             MqttProtocol::V311 => {
                 let client = V4::new(config, REQUEST_CAPACITY)?;
-                tokio::spawn(run(client, subscriptions, out, phase_rx, backoff))
+                tokio::spawn(run(client, subs_rx.clone(), out, phase_rx, backoff))
             }
             MqttProtocol::V5 => {
                 let client = V5::new(config, REQUEST_CAPACITY)?;
-                tokio::spawn(run(client, subscriptions, out, phase_rx, backoff))
+                tokio::spawn(run(client, subs_rx.clone(), out, phase_rx, backoff))
             }
         };
-        Ok(Source { phase, task })
+        Ok(Source {
+            phase,
+            subscriptions: subs,
+            task,
+        })
+    }
+
+    /// Replaces the subscriptions (a manifest reload added or removed
+    /// rules): new filters are subscribed, filters no longer wanted are
+    /// unsubscribed, on this connection and every later one.
+    pub fn set_subscriptions(&self, subscriptions: Vec<Subscription>) {
+        self.subscriptions.send_if_modified(|current| {
+            let changed = *current != subscriptions;
+            *current = subscriptions;
+            changed
+        });
     }
 
     /// Stops handing messages on (the hand-off channel closes), while
@@ -132,7 +149,7 @@ impl Source {
 
 async fn run<C: Client>(
     mut client: C,
-    subscriptions: Vec<Subscription>,
+    mut wanted: watch::Receiver<Vec<Subscription>>,
     out: mpsc::Sender<Incoming>,
     mut phase: watch::Receiver<Phase>,
     (backoff_min, backoff_max): (Duration, Duration),
@@ -143,6 +160,7 @@ async fn run<C: Client>(
     let mut overflow: VecDeque<Incoming> = VecDeque::new();
     let mut backoff = backoff_min;
     let mut connection: u64 = 0;
+    let mut subscriptions: Vec<Subscription> = wanted.borrow_and_update().clone();
     loop {
         // Hand held messages on first, in order.
         while let (Some(tx), Some(front)) = (&out, overflow.pop_front()) {
@@ -184,6 +202,22 @@ async fn run<C: Client>(
         tokio::select! {
             biased;
             _ = phase.changed() => {}
+            Ok(()) = wanted.changed() => {
+                let next = wanted.borrow_and_update().clone();
+                for s in next.iter().filter(|s| !subscriptions.contains(s)) {
+                    tracing::info!(filter = %s.filter, qos = s.qos, "Subscribing.");
+                    if let Err(e) = client.try_subscribe(&s.filter, s.qos) {
+                        tracing::error!(filter = %s.filter, error = %e, "Cannot subscribe.");
+                    }
+                }
+                for s in subscriptions.iter().filter(|s| !next.iter().any(|n| n.filter == s.filter)) {
+                    tracing::info!(filter = %s.filter, "Unsubscribing.");
+                    if let Err(e) = client.try_unsubscribe(&s.filter) {
+                        tracing::error!(filter = %s.filter, error = %e, "Cannot unsubscribe.");
+                    }
+                }
+                subscriptions = next;
+            }
             Some((conn, seq, outcome)) = done_rx.recv() => {
                 if conn == connection {
                     acks.complete(seq, outcome);
@@ -244,6 +278,22 @@ async fn run<C: Client>(
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.changed() => {}
+            Ok(()) = wanted.changed() => {
+                let next = wanted.borrow_and_update().clone();
+                for s in next.iter().filter(|s| !subscriptions.contains(s)) {
+                    tracing::info!(filter = %s.filter, qos = s.qos, "Subscribing.");
+                    if let Err(e) = client.try_subscribe(&s.filter, s.qos) {
+                        tracing::error!(filter = %s.filter, error = %e, "Cannot subscribe.");
+                    }
+                }
+                for s in subscriptions.iter().filter(|s| !next.iter().any(|n| n.filter == s.filter)) {
+                    tracing::info!(filter = %s.filter, "Unsubscribing.");
+                    if let Err(e) = client.try_unsubscribe(&s.filter) {
+                        tracing::error!(filter = %s.filter, error = %e, "Cannot unsubscribe.");
+                    }
+                }
+                subscriptions = next;
+            }
                     }
                     backoff = (backoff * 2).min(backoff_max);
                 }

@@ -643,6 +643,24 @@ impl WindowOperator {
         }
     }
 
+    /// The ids of the accumulators that hold state right now: what a hot
+    /// reload of the aggregate plugin must move to the new version. (A
+    /// sliding window keeps its events on the host and builds its
+    /// accumulator when it fires, so it holds none between batches.)
+    pub fn accumulators(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = match &self.state {
+            State::Panes(p) => p.panes.values().map(|pane| pane.acc).collect(),
+            State::Sessions(s, _) => s.values().flatten().map(|x| x.acc).collect(),
+            State::Counts(c) => c
+                .values()
+                .flat_map(|g| g.open.iter().map(|w| w.acc))
+                .collect(),
+            State::Sliding(..) => Vec::new(),
+        };
+        ids.sort_unstable();
+        ids
+    }
+
     /// Groups currently held.
     pub fn groups(&self) -> usize {
         self.groups.len()

@@ -9,14 +9,21 @@
 //! lookups and evictions are O(1).
 //!
 //! The window lives in the plugin instance, which the SDK owns: it survives
-//! across batches but not an instance rebuild (a trap) or a hot reload, as
-//! the contract has no snapshot/restore yet.
+//! across batches and, through the contract's `state` interface
+//! (snapshot/restore), a hot reload to a new version of the plugin. It does
+//! not survive an instance rebuild after a trap. The snapshot is
+//! [`STATE_MAGIC`] followed by each remembered key, oldest first, as a
+//! little-endian `u32` length and the key's bytes; a new version with a
+//! smaller `window` keeps the newest keys.
 
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 
 use serde::Deserialize;
-use weir_sdk::{Emitter, Kind, Message, Result, Transform};
+use weir_sdk::{Emitter, Kind, Message, Result, Stateful, Transform};
+
+/// First bytes of a snapshot: the format and its version.
+const STATE_MAGIC: &[u8] = b"weir-dedupe/1\n";
 
 /// The `key` value that selects the topic instead of a payload field.
 const TOPIC_KEY: &str = "$topic";
@@ -125,7 +132,46 @@ impl Transform for Dedupe {
     }
 }
 
-weir_sdk::export!(Dedupe);
+impl Stateful for Dedupe {
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        let size: usize = self.order.iter().map(|k| 4 + k.len()).sum();
+        let mut out = Vec::with_capacity(STATE_MAGIC.len() + size);
+        out.extend_from_slice(STATE_MAGIC);
+        for key in &self.order {
+            let len = u32::try_from(key.len()).map_err(|_| "a key is over 4 GiB")?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(key);
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut rest = state
+            .strip_prefix(STATE_MAGIC)
+            .ok_or("the state is not a dedupe snapshot of format 1")?;
+        let mut keys = VecDeque::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or("the state is truncated (a key length is cut off)")?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err("the state is truncated (a key is cut off)".into());
+            }
+            let (key, tail) = tail.split_at(len);
+            keys.push_back(Rc::<[u8]>::from(key));
+            rest = tail;
+        }
+        while keys.len() > self.window {
+            keys.pop_front();
+        }
+        self.seen = keys.iter().cloned().collect();
+        self.order = keys;
+        Ok(())
+    }
+}
+
+weir_sdk::export_stateful!(Dedupe);
 
 #[cfg(test)]
 mod tests {
@@ -206,6 +252,32 @@ mod tests {
         );
         assert_eq!(run.passed_inputs(), [2]);
         assert_eq!(h.plugin().order.len(), 1);
+    }
+
+    #[test]
+    fn a_reload_hands_the_remembered_keys_to_the_new_instance() {
+        let mut h = Harness::<Dedupe>::new(json!({"key": "id", "window": 3})).unwrap();
+        h.run(&ids(&[json!(1), json!(2), json!(3), json!(4)]));
+        let mut next = h.reload(json!({"key": "id", "window": 3})).unwrap();
+        // 2, 3 and 4 are remembered across the reload; a fresh instance
+        // would pass all four.
+        let run = next.run(&ids(&[json!(4), json!(3), json!(2), json!(5)]));
+        assert_eq!(run.passed_inputs(), [3]);
+        let mut smaller = h.reload(json!({"key": "id", "window": 1})).unwrap();
+        let run = smaller.run(&ids(&[json!(4), json!(3)]));
+        assert_eq!(run.passed_inputs(), [1], "only the newest key is kept");
+    }
+
+    #[test]
+    fn a_foreign_or_truncated_state_is_refused() {
+        let mut h = Harness::<Dedupe>::new(json!({"key": "id"})).unwrap();
+        let err = h.plugin_mut().restore(b"something else").unwrap_err();
+        assert!(err.message().contains("not a dedupe snapshot"), "{err:?}");
+        let mut cut = STATE_MAGIC.to_vec();
+        cut.extend_from_slice(&9u32.to_le_bytes());
+        cut.extend_from_slice(b"abc");
+        let err = h.plugin_mut().restore(&cut).unwrap_err();
+        assert!(err.message().contains("truncated"), "{err:?}");
     }
 
     #[test]
