@@ -30,6 +30,13 @@
 //! every substituted value goes through the caller's `escape` function, so
 //! SQL, JSON and topic rendering each own their quoting rules.
 //! [`plain`] is the escape for text that needs none.
+//!
+//! SQL (the TDengine sink) is the one mode that also looks at the literal
+//! text around a placeholder: [`Template::render_sql`] treats a placeholder
+//! written between single quotes (`'${clientid}'`, as EMQX users write
+//! string values) as one quoted value, so that a missing value becomes a
+//! bare `NULL` rather than the string `'NULL'`. See [`sql_value`] for how
+//! values become SQL literals.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -150,6 +157,83 @@ pub fn plain(value: Value<'_>, out: &mut String) {
     }
 }
 
+/// Appends `s` as the body of a single-quoted SQL string (TDengine's
+/// grammar): `\` and `'` are backslash-escaped, and newline, carriage
+/// return and tab are written as `\n`, `\r`, `\t`, which TDengine reads
+/// back as the same characters. Everything else (double quotes, emoji, any
+/// other Unicode) is copied as is.
+pub fn sql_escape(s: &str, out: &mut String) {
+    let bytes = s.as_bytes();
+    let mut copied = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\'' => "\\'",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            _ => continue,
+        };
+        out.push_str(&s[copied..i]);
+        out.push_str(escaped);
+        copied = i + 1;
+    }
+    out.push_str(&s[copied..]);
+}
+
+/// Appends `value` as a TDengine SQL literal.
+///
+/// - Text (topic, fields, JSON strings) becomes a quoted, escaped string
+///   ([`sql_escape`]), so a value can never end the string or the statement.
+/// - Numbers (JSON numbers, `${ts}`, `${qos}`) are written as numbers and
+///   JSON booleans as `TRUE` / `FALSE` — unless `quoted`, when the template
+///   already put the placeholder between quotes and they are written as
+///   quoted text (`'23'`), which TDengine converts to the column's type.
+/// - JSON objects and arrays become their compact JSON text, quoted.
+/// - JSON `null` and undefined variables ([`Value::Null`]) are `NULL`,
+///   without quotes even when the placeholder is quoted.
+pub fn sql_value(value: Value<'_>, quoted: bool, out: &mut String) {
+    use fmt::Write as _;
+    let text = match value {
+        Value::Null | Value::Json(serde_json::Value::Null) => return out.push_str("NULL"),
+        Value::Str(s) => s,
+        Value::Json(serde_json::Value::String(s)) => s.as_str(),
+        Value::Int(i) => {
+            if quoted {
+                let _ = write!(out, "'{i}'");
+            } else {
+                let _ = write!(out, "{i}");
+            }
+            return;
+        }
+        Value::Json(serde_json::Value::Number(n)) => {
+            if quoted {
+                let _ = write!(out, "'{n}'");
+            } else {
+                let _ = write!(out, "{n}");
+            }
+            return;
+        }
+        Value::Json(serde_json::Value::Bool(b)) => {
+            return out.push_str(match (quoted, *b) {
+                (true, true) => "'true'",
+                (true, false) => "'false'",
+                (false, true) => "TRUE",
+                (false, false) => "FALSE",
+            });
+        }
+        Value::Json(json) => {
+            out.push('\'');
+            sql_escape(&json.to_string(), out);
+            out.push('\'');
+            return;
+        }
+    };
+    out.push('\'');
+    sql_escape(text, out);
+    out.push('\'');
+}
+
 impl Template {
     /// Parses a template. See the module doc for the syntax.
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
@@ -266,6 +350,72 @@ impl Template {
         let mut out = String::new();
         self.render(msg, json, &mut plain, &mut out)?;
         Ok(out)
+    }
+
+    /// Renders a SQL statement (fragment): every value goes through
+    /// [`sql_value`]. A placeholder written between single quotes in the
+    /// template (`'${name}'`) is one quoted value: the quotes in the
+    /// template are replaced by the value's own, so text is escaped once,
+    /// and a missing value is `NULL`, not `'NULL'`. Undefined variables are
+    /// `NULL` when `null_undefined` (`undefined_vars_as_null`), else an
+    /// error naming the variable.
+    pub fn render_sql(
+        &self,
+        msg: &Message,
+        json: Option<&serde_json::Value>,
+        null_undefined: bool,
+        out: &mut String,
+    ) -> Result<(), Undefined> {
+        let quoted = self.sql_quoted();
+        let is_quoted = |i: usize| i < 64 && quoted & (1 << i) != 0;
+        for (i, part) in self.parts.iter().enumerate() {
+            match part {
+                Part::Literal(text) => {
+                    let start = usize::from(i > 0 && is_quoted(i - 1));
+                    let end = text.len() - usize::from(is_quoted(i + 1));
+                    out.push_str(&text[start..end]);
+                }
+                Part::Var {
+                    variable,
+                    text,
+                    path,
+                } => {
+                    let q = is_quoted(i);
+                    if !resolve(variable, path, msg, json, &mut |v| sql_value(v, q, out)) {
+                        if null_undefined {
+                            out.push_str("NULL");
+                        } else {
+                            return Err(Undefined {
+                                variable: text.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bit `i` set: part `i` is a placeholder between single quotes of the
+    /// literal text (`'${x}'`). A quote is used by one placeholder only,
+    /// scanning left to right; parts past the 64th are never quoted.
+    fn sql_quoted(&self) -> u64 {
+        let mut mask = 0u64;
+        let parts = &self.parts;
+        for i in 1..parts.len().min(64) {
+            let (Part::Var { .. }, Part::Literal(before), Some(Part::Literal(after))) =
+                (&parts[i], &parts[i - 1], parts.get(i + 1))
+            else {
+                continue;
+            };
+            // The literal before may have given its first quote to the
+            // placeholder before it.
+            let taken = usize::from(i >= 2 && mask & (1 << (i - 2)) != 0);
+            if before.len() > taken && before.ends_with('\'') && after.starts_with('\'') {
+                mask |= 1 << i;
+            }
+        }
+        mask
     }
 
     fn render_inner(
@@ -621,5 +771,68 @@ mod tests {
         plain(Value::Json(&json!("s")), &mut out);
         plain(Value::Null, &mut out);
         assert_eq!(out, r#"{"a":[1,"b"]}snull"#);
+    }
+
+    fn sql(template: &str, msg: &Message, null_undefined: bool) -> Result<String, Undefined> {
+        let json = serde_json::from_slice::<serde_json::Value>(&msg.payload).ok();
+        let mut out = String::new();
+        Template::parse(template).unwrap().render_sql(
+            msg,
+            json.as_ref(),
+            null_undefined,
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    #[test]
+    fn sql_mode_escapes_quotes_and_backslashes_and_writes_numbers_as_literals() {
+        let msg = message(r#"{"temp": 23.5, "hum": 90, "on": true, "s": "it's C:\\dir\n"}"#);
+        assert_eq!(
+            sql(
+                "(${ts}, ${temp}, ${hum}, ${on}, ${s}, ${device})",
+                &msg,
+                false
+            )
+            .unwrap(),
+            r"(1700000000123, 23.5, 90, TRUE, 'it\'s C:\\dir\n', 'd1')"
+        );
+    }
+
+    #[test]
+    fn sql_mode_quotes_a_placeholder_the_template_quoted_exactly_once() {
+        let msg = message(r#"{"name": "O'Brien", "n": 7}"#);
+        assert_eq!(
+            sql("VALUES ('${name}', '${n}', '${device}')", &msg, false).unwrap(),
+            r"VALUES ('O\'Brien', '7', 'd1')"
+        );
+        // A quote next to other text is the user's literal text.
+        assert_eq!(
+            sql("('x${name}')", &msg, false).unwrap(),
+            r"('x'O\'Brien'')"
+        );
+        // One quote between two placeholders belongs to the first.
+        assert_eq!(sql("'${n}'${n}'", &msg, false).unwrap(), "'7'7'");
+    }
+
+    #[test]
+    fn sql_mode_renders_missing_values_as_bare_null_or_names_them() {
+        let msg = message(r#"{"temp": null}"#);
+        assert_eq!(
+            sql("(${temp}, '${missing}', ${gone})", &msg, true).unwrap(),
+            "(NULL, NULL, NULL)"
+        );
+        let err = sql("(${temp}, '${missing}')", &msg, false).unwrap_err();
+        assert_eq!(err.to_string(), "variable ${missing} is undefined");
+    }
+
+    #[test]
+    fn sql_mode_cannot_be_broken_out_of_by_a_value() {
+        let mut msg = message(r#"{"evil": "x'); DROP DATABASE d; --", "obj": {"a": "'"}}"#);
+        msg.fields = Fields::from_pairs([("device", r"\'")]);
+        assert_eq!(
+            sql("('${evil}', ${obj}, ${device})", &msg, false).unwrap(),
+            r#"('x\'); DROP DATABASE d; --', '{"a":"\'"}', '\\\'')"#
+        );
     }
 }
