@@ -13,7 +13,7 @@
 //!
 //! The rest of weir sees a sink only through [`SinkHandle::send`] and
 //! [`RunningSink::shutdown`]. [`start`] builds the built-in sinks from their
-//! config: [`console`], [`file`], [`mqtt`], [`null`]; new sinks implement
+//! config: [`console`], [`file`], [`mqtt`], [`null`], [`tdengine`]; new sinks implement
 //! [`Sink`] and call [`driver::spawn`].
 //!
 //! What a `Sink` must never do: retry, sleep, buffer across writes, or touch
@@ -25,6 +25,7 @@ pub mod driver;
 pub mod file;
 pub mod mqtt;
 pub mod null;
+pub mod tdengine;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -200,6 +201,38 @@ pub fn start(
             spawn(name, sink, driver, dead_letter)
         }
         SinkKind::Null => spawn(name, null::NullSink, driver, dead_letter),
+        SinkKind::Tdengine {
+            dsn,
+            mode,
+            auto_create,
+            timeout,
+            health_check_interval,
+        } => {
+            let settings = tdengine::TdengineSettings::new(
+                name,
+                dsn,
+                mode,
+                auto_create,
+                *timeout,
+                *health_check_interval,
+                driver,
+            );
+            match tdengine::TdengineSink::check_blocking(&settings) {
+                Ok(version) => {
+                    tracing::info!(sink = %name, server = %settings.shown, version = %version, "Connected to TDengine.")
+                }
+                Err(e) if e.is_auth() => anyhow::bail!(
+                    "TDengine at {} refused the credentials: {e}; check the user and password (or the Cloud token) of the dsn",
+                    settings.shown
+                ),
+                Err(e) => {
+                    tracing::warn!(sink = %name, server = %settings.shown, error = %e, "TDengine is not reachable yet; writes will retry.")
+                }
+            }
+            let sink = tdengine::TdengineSink::new(settings);
+            sink.start_health_check();
+            spawn(name, sink, driver, dead_letter)
+        }
     })
 }
 
