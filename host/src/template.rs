@@ -234,6 +234,46 @@ pub fn sql_value(value: Value<'_>, quoted: bool, out: &mut String) {
     out.push('\'');
 }
 
+/// Scans SQL text for string quotes (`'` or `"`, backslash escapes inside),
+/// starting with `open` already open. Returns the quote open at the end,
+/// and whether the text's last byte opened it.
+fn scan_quotes(text: &str, mut open: Option<u8>) -> (Option<u8>, bool) {
+    let bytes = text.as_bytes();
+    let mut opened_at = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match open {
+            Some(_) if c == b'\\' => i += 1,
+            Some(q) if c == q => open = None,
+            Some(_) => {}
+            None if c == b'\'' || c == b'"' => {
+                open = Some(c);
+                opened_at = Some(i);
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    let last = open.is_some() && opened_at.is_some_and(|at| at + 1 == bytes.len());
+    (open, last)
+}
+
+/// Appends `value`'s text for the inside of a string the template opened
+/// with `quote`: escaped as [`sql_escape`] does (plus `"` inside a
+/// double-quoted string), and not quoted again.
+fn sql_text(value: Value<'_>, quote: u8, out: &mut String) {
+    let mut text = String::new();
+    plain(value, &mut text);
+    let start = out.len();
+    sql_escape(&text, out);
+    if quote == b'"' && out[start..].contains('"') {
+        let escaped = out[start..].replace('"', "\\\"");
+        out.truncate(start);
+        out.push_str(&escaped);
+    }
+}
+
 impl Template {
     /// Parses a template. See the module doc for the syntax.
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
@@ -353,12 +393,21 @@ impl Template {
     }
 
     /// Renders a SQL statement (fragment): every value goes through
-    /// [`sql_value`]. A placeholder written between single quotes in the
-    /// template (`'${name}'`) is one quoted value: the quotes in the
-    /// template are replaced by the value's own, so text is escaped once,
-    /// and a missing value is `NULL`, not `'NULL'`. Undefined variables are
-    /// `NULL` when `null_undefined` (`undefined_vars_as_null`), else an
-    /// error naming the variable.
+    /// [`sql_value`], according to where the template put it:
+    ///
+    /// - outside quotes (`${temp}`): a literal of its own (numbers bare,
+    ///   text quoted and escaped, missing values `NULL`);
+    /// - as the whole of a quoted string (`'${clientid}'`, as EMQX users
+    ///   write string values): one quoted value — the template's quotes are
+    ///   replaced by the value's own, so text is escaped once and a missing
+    ///   value is a bare `NULL`, not `'NULL'`;
+    /// - inside a longer quoted string (`'dev-${id}'`): the value's text,
+    ///   escaped for that string and not quoted again. A missing value
+    ///   cannot be `NULL` there, so it fails the message even with
+    ///   `null_undefined`.
+    ///
+    /// Undefined variables are `NULL` when `null_undefined`
+    /// (`undefined_vars_as_null`), else an error naming the variable.
     pub fn render_sql(
         &self,
         msg: &Message,
@@ -366,22 +415,62 @@ impl Template {
         null_undefined: bool,
         out: &mut String,
     ) -> Result<(), Undefined> {
-        let quoted = self.sql_quoted();
-        let is_quoted = |i: usize| i < 64 && quoted & (1 << i) != 0;
-        for (i, part) in self.parts.iter().enumerate() {
+        let parts = &self.parts;
+        // The quote the template's literal text left open, if any.
+        let mut open: Option<u8> = None;
+        // The literal after a whole-string placeholder starts with that
+        // string's closing quote, already written with the value.
+        let mut skip_quote = false;
+        // The placeholder at hand is a whole quoted string.
+        let mut whole = false;
+        for (i, part) in parts.iter().enumerate() {
             match part {
                 Part::Literal(text) => {
-                    let start = usize::from(i > 0 && is_quoted(i - 1));
-                    let end = text.len() - usize::from(is_quoted(i + 1));
-                    out.push_str(&text[start..end]);
+                    let text = if std::mem::take(&mut skip_quote) {
+                        &text[1..]
+                    } else {
+                        text.as_str()
+                    };
+                    let (state, opened_last) = scan_quotes(text, open);
+                    whole = match (state, parts.get(i + 1), parts.get(i + 2)) {
+                        (Some(q), Some(Part::Var { .. }), Some(Part::Literal(after))) => {
+                            opened_last && after.as_bytes().first() == Some(&q)
+                        }
+                        _ => false,
+                    };
+                    if whole {
+                        out.push_str(&text[..text.len() - 1]);
+                        open = None;
+                    } else {
+                        out.push_str(text);
+                        open = state;
+                    }
                 }
                 Part::Var {
                     variable,
                     text,
                     path,
                 } => {
-                    let q = is_quoted(i);
-                    if !resolve(variable, path, msg, json, &mut |v| sql_value(v, q, out)) {
+                    let in_string = if whole { None } else { open };
+                    let resolved = match in_string {
+                        None => {
+                            resolve(variable, path, msg, json, &mut |v| sql_value(v, whole, out))
+                        }
+                        Some(quote) => {
+                            let found = resolve(variable, path, msg, json, &mut |v| {
+                                sql_text(v, quote, out)
+                            });
+                            if !found {
+                                return Err(Undefined {
+                                    variable: text.clone(),
+                                });
+                            }
+                            found
+                        }
+                    };
+                    skip_quote = whole;
+                    whole = false;
+                    if !resolved {
                         if null_undefined {
                             out.push_str("NULL");
                         } else {
@@ -394,28 +483,6 @@ impl Template {
             }
         }
         Ok(())
-    }
-
-    /// Bit `i` set: part `i` is a placeholder between single quotes of the
-    /// literal text (`'${x}'`). A quote is used by one placeholder only,
-    /// scanning left to right; parts past the 64th are never quoted.
-    fn sql_quoted(&self) -> u64 {
-        let mut mask = 0u64;
-        let parts = &self.parts;
-        for i in 1..parts.len().min(64) {
-            let (Part::Var { .. }, Part::Literal(before), Some(Part::Literal(after))) =
-                (&parts[i], &parts[i - 1], parts.get(i + 1))
-            else {
-                continue;
-            };
-            // The literal before may have given its first quote to the
-            // placeholder before it.
-            let taken = usize::from(i >= 2 && mask & (1 << (i - 2)) != 0);
-            if before.len() > taken && before.ends_with('\'') && after.starts_with('\'') {
-                mask |= 1 << i;
-            }
-        }
-        mask
     }
 
     fn render_inner(
@@ -787,14 +854,9 @@ mod tests {
 
     #[test]
     fn sql_mode_escapes_quotes_and_backslashes_and_writes_numbers_as_literals() {
-        let msg = message(r#"{"temp": 23.5, "hum": 90, "on": true, "s": "it's C:\\dir\n"}"#);
+        let msg = message(r#"{"t": 23.5, "hum": 90, "on": true, "s": "it's C:\\dir\n"}"#);
         assert_eq!(
-            sql(
-                "(${ts}, ${temp}, ${hum}, ${on}, ${s}, ${device})",
-                &msg,
-                false
-            )
-            .unwrap(),
+            sql("(${ts}, ${t}, ${hum}, ${on}, ${s}, ${device})", &msg, false).unwrap(),
             r"(1700000000123, 23.5, 90, TRUE, 'it\'s C:\\dir\n', 'd1')"
         );
     }
@@ -806,10 +868,15 @@ mod tests {
             sql("VALUES ('${name}', '${n}', '${device}')", &msg, false).unwrap(),
             r"VALUES ('O\'Brien', '7', 'd1')"
         );
-        // A quote next to other text is the user's literal text.
+        // Inside a longer string the value is escaped, not quoted again.
         assert_eq!(
-            sql("('x${name}')", &msg, false).unwrap(),
-            r"('x'O\'Brien'')"
+            sql(r#"('x${name}', "a ${name} \" ${n}")"#, &msg, false).unwrap(),
+            r#"('xO\'Brien', "a O\'Brien \" 7")"#
+        );
+        // ... and cannot be NULL.
+        assert_eq!(
+            sql("('x${missing}')", &msg, true).unwrap_err().to_string(),
+            "variable ${missing} is undefined"
         );
         // One quote between two placeholders belongs to the first.
         assert_eq!(sql("'${n}'${n}'", &msg, false).unwrap(), "'7'7'");
@@ -817,12 +884,12 @@ mod tests {
 
     #[test]
     fn sql_mode_renders_missing_values_as_bare_null_or_names_them() {
-        let msg = message(r#"{"temp": null}"#);
+        let msg = message(r#"{"t": null}"#);
         assert_eq!(
-            sql("(${temp}, '${missing}', ${gone})", &msg, true).unwrap(),
+            sql("(${t}, '${missing}', ${gone})", &msg, true).unwrap(),
             "(NULL, NULL, NULL)"
         );
-        let err = sql("(${temp}, '${missing}')", &msg, false).unwrap_err();
+        let err = sql("(${t}, '${missing}')", &msg, false).unwrap_err();
         assert_eq!(err.to_string(), "variable ${missing} is undefined");
     }
 
