@@ -786,8 +786,7 @@ impl Store {
     }
 
     fn insert(&mut self, p: &mut Parser<'_>, session: &Session) -> Result<Outcome, TdError> {
-        // Checked whole first, then applied: (db, table, new table, rows).
-        type Pending = (String, String, Option<Table>, Vec<(i64, Vec<Value>)>);
+        // Checked whole first, then applied.
         let mut pending: Vec<Pending> = Vec::new();
         loop {
             let (db, name) = p.name()?;
@@ -813,6 +812,16 @@ impl Store {
                     created = Some(child);
                 }
             }
+            if created.is_none()
+                && !self.databases[&db].tables.contains_key(&name)
+                && self.databases[&db].stables.contains_key(&name)
+            {
+                self.insert_by_tbname(p, &db, &name, &mut pending)?;
+                if p.at_end() {
+                    break;
+                }
+                continue;
+            }
             let table = created
                 .as_ref()
                 .or_else(|| {
@@ -822,13 +831,7 @@ impl Store {
                 })
                 .or_else(|| self.databases[&db].tables.get(&name));
             let Some(table) = table else {
-                let what = if self.databases[&db].stables.contains_key(&name) {
-                    // The supertable form needs `tbname`; not emitted by weir.
-                    return Err(p.error());
-                } else {
-                    "Table does not exist"
-                };
-                return Err(TdError::new(codes::TABLE_NOT_EXIST, what));
+                return Err(TdError::new(codes::TABLE_NOT_EXIST, "Table does not exist"));
             };
             let columns = table.columns.clone();
             let order: Vec<usize> = if p.peek() == Some(&Tok::P('(')) {
@@ -900,6 +903,131 @@ impl Store {
         })
     }
 
+    /// The super-table form, `INSERT INTO stb (tbname, cols…, tags…)
+    /// VALUES ('d1', …)`: each row names its child table; tag values in
+    /// the list create a missing child table (without them a missing one is
+    /// `Table does not exist`). Only tags of a new table are used, as
+    /// TDengine does not update the tags of an existing one.
+    fn insert_by_tbname(
+        &self,
+        p: &mut Parser<'_>,
+        db: &str,
+        stable_name: &str,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), TdError> {
+        let database = &self.databases[db];
+        let stable = &database.stables[stable_name];
+        if p.peek() != Some(&Tok::P('(')) {
+            return Err(p.error());
+        }
+        let names = p.name_list()?;
+        let tbname = names.iter().position(|n| n == "tbname").ok_or_else(|| {
+            TdError::new(
+                codes::SYNTAX_ERROR,
+                "syntax error near \"values\" (tbname must be specified in super table insert)",
+            )
+        })?;
+        enum Slot {
+            Name,
+            Column(usize),
+            Tag(usize),
+        }
+        let mut slots = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            slots.push(if i == tbname {
+                Slot::Name
+            } else if let Some(c) = stable.columns.iter().position(|c| &c.name == n) {
+                Slot::Column(c)
+            } else if let Some(t) = stable.tags.iter().position(|t| &t.name == n) {
+                Slot::Tag(t)
+            } else {
+                return Err(TdError::new(
+                    codes::INVALID_COLUMN,
+                    format!("Invalid column name: {n}"),
+                ));
+            });
+        }
+        if !slots.iter().any(|s| matches!(s, Slot::Column(0))) {
+            return Err(TdError::new(
+                0x2633,
+                "Primary timestamp column should not be null",
+            ));
+        }
+        p.kw("values")?;
+        let mut any = false;
+        while p.peek() == Some(&Tok::P('(')) {
+            let lits = p.literal_list()?;
+            if lits.len() != slots.len() {
+                return Err(TdError::new(
+                    codes::SYNTAX_ERROR,
+                    "syntax error near \")\" (Illegal number of columns)",
+                ));
+            }
+            let mut child = None;
+            let mut row = vec![Value::Null; stable.columns.len()];
+            let mut tags = vec![Value::Null; stable.tags.len()];
+            let mut has_tags = false;
+            for (lit, slot) in lits.iter().zip(&slots) {
+                match slot {
+                    Slot::Name => match lit {
+                        Lit::Str(s) if !s.is_empty() => child = Some(s.to_ascii_lowercase()),
+                        _ => {
+                            return Err(TdError::new(
+                                codes::SYNTAX_ERROR,
+                                "syntax error near \")\" (Invalid tbname)",
+                            ));
+                        }
+                    },
+                    Slot::Column(c) => {
+                        row[*c] = convert(lit, &stable.columns[*c], database.precision)?
+                    }
+                    Slot::Tag(t) => {
+                        has_tags = true;
+                        tags[*t] = convert(lit, &stable.tags[*t], database.precision)?;
+                    }
+                }
+            }
+            let child = child.expect("tbname is in the list");
+            let Value::Int(ts) = row[0] else {
+                return Err(TdError::new(
+                    0x2633,
+                    "Primary timestamp column should not be null",
+                ));
+            };
+            check_timestamp(ts, database.precision, database.keep_days)?;
+            let new_table = match database.tables.get(&child) {
+                Some(t) if t.stable.as_deref() != Some(stable_name) => {
+                    return Err(TdError::new(
+                        codes::SYNTAX_ERROR,
+                        "syntax error (the table is not a child table of the super table)",
+                    ));
+                }
+                Some(_) => None,
+                None if pending
+                    .iter()
+                    .any(|(d, t, c, _)| d == db && *t == child && c.is_some()) =>
+                {
+                    None
+                }
+                None if has_tags => Some(Table {
+                    columns: stable.columns.clone(),
+                    stable: Some(stable_name.to_owned()),
+                    tags,
+                    rows: BTreeMap::new(),
+                }),
+                None => {
+                    return Err(TdError::new(codes::TABLE_NOT_EXIST, "Table does not exist"));
+                }
+            };
+            pending.push((db.to_owned(), child, new_table, vec![(ts, row)]));
+            any = true;
+        }
+        if !any {
+            return Err(p.error());
+        }
+        Ok(())
+    }
+
     fn select(&mut self, p: &mut Parser<'_>, session: &Session) -> Result<Outcome, TdError> {
         if p.eat_kw("server_version") {
             p.p('(')?;
@@ -952,8 +1080,9 @@ impl Store {
             }
         }
         let database = &self.databases[&db];
-        // (columns, tags, rows with tags and tbname appended)
-        let (columns, tags, mut rows): (Vec<Column>, Vec<Column>, Vec<(i64, Vec<Value>)>) =
+        // Rows with their tags and tbname appended.
+        type Rows = Vec<(i64, Vec<Value>)>;
+        let (columns, tags, mut rows): (Vec<Column>, Vec<Column>, Rows) =
             if let Some(st) = database.stables.get(&name) {
                 let mut rows = Vec::new();
                 for (tname, t) in &database.tables {
@@ -1035,6 +1164,10 @@ impl Store {
         Ok(Outcome::Rows(set))
     }
 }
+
+/// Part of an INSERT, checked and waiting to be applied: database, table,
+/// the table to create first (if new), rows by timestamp.
+type Pending = (String, String, Option<Table>, Vec<(i64, Vec<Value>)>);
 
 /// A child table of super table `st` with the given tags.
 fn child_table(
@@ -1221,6 +1354,61 @@ mod tests {
             r.rows[0],
             [Value::Int(now), Value::Null, Value::Str("q".into())]
         );
+    }
+
+    #[test]
+    fn the_super_table_form_names_child_tables_per_row_and_creates_them_with_tags() {
+        let mut st = Store::default();
+        let mut s = Session::default();
+        run(&mut st, &mut s, "create database d").unwrap();
+        run(&mut st, &mut s, "use d").unwrap();
+        run(
+            &mut st,
+            &mut s,
+            "create stable m (ts timestamp, v int) tags (site varchar(8))",
+        )
+        .unwrap();
+        let now = Precision::Ms.now();
+        let sql = format!(
+            "insert into m (tbname, ts, v, site) values ('d1', {now}, 1, 'a') ('d2', {now}, 2, 'b') ('d1', {}, 3, 'ignored')",
+            now + 1
+        );
+        assert_eq!(
+            run(&mut st, &mut s, &sql).unwrap(),
+            Outcome::Update { affected_rows: 3 }
+        );
+        let Outcome::Rows(r) = run(&mut st, &mut s, "select tbname, v, site from m").unwrap()
+        else {
+            panic!()
+        };
+        let mut rows = r.rows;
+        rows.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            rows,
+            [
+                vec![
+                    Value::Str("d1".into()),
+                    Value::Int(1),
+                    Value::Str("a".into())
+                ],
+                vec![
+                    Value::Str("d1".into()),
+                    Value::Int(3),
+                    Value::Str("a".into())
+                ],
+                vec![
+                    Value::Str("d2".into()),
+                    Value::Int(2),
+                    Value::Str("b".into())
+                ],
+            ]
+        );
+        // Without tags a missing child table is not created; without
+        // tbname the statement is refused.
+        let no_tags = format!("insert into m (tbname, ts, v) values ('d3', {now}, 1)");
+        assert_eq!(st.execute(&mut s, &no_tags).unwrap_err().code, 0x2603);
+        let no_name = format!("insert into m (ts, v) values ({now}, 1)");
+        assert_eq!(st.execute(&mut s, &no_name).unwrap_err().code, 0x2600);
     }
 
     #[test]

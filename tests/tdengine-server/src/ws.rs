@@ -35,6 +35,8 @@ fn refuse(status: StatusCode, body: &str) -> ErrorResponse {
 async fn connection(stream: TcpStream, state: Arc<Mutex<State>>, options: Arc<Options>) {
     let _ = stream.set_nodelay(true);
     let token = options.token.clone();
+    // The handshake callback's signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
     let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != "/ws" {
             return Err(refuse(StatusCode::NOT_FOUND, "404 page not found"));
@@ -89,6 +91,18 @@ async fn connection(stream: TcpStream, state: Arc<Mutex<State>>, options: Arc<Op
 /// The connection is to be dropped without a reply.
 struct Dropped;
 
+/// What to do with a statement, after fault injection.
+enum Plan {
+    /// Run it and answer.
+    Run,
+    /// Answer with this error instead.
+    Fail(TdError),
+    /// Run it, then drop the connection without answering.
+    RunThenDrop,
+    /// Drop the connection without running it.
+    Drop,
+}
+
 struct Conn {
     state: Arc<Mutex<State>>,
     options: Arc<Options>,
@@ -107,6 +121,11 @@ fn reply(action: &str, req_id: u64, started: Instant, code: u16, message: &str) 
         "req_id": req_id,
         "timing": started.elapsed().as_nanos() as u64,
     })
+}
+
+/// The code a statement's result is logged with (0 = success).
+fn code_of<T>(result: &Result<T, TdError>) -> u16 {
+    result.as_ref().err().map_or(0, |e| e.code)
 }
 
 fn text(value: Json) -> Message {
@@ -209,10 +228,11 @@ impl Conn {
                 let data = args["data"].as_str().unwrap_or("").to_owned();
                 let protocol = args["protocol"].as_u64().unwrap_or(0);
                 let precision = args["precision"].as_str().unwrap_or("").to_owned();
-                let fault = self.fault(&data, true).await?;
-                let result = match fault {
-                    Some(e) => Err(e),
-                    None => {
+                let plan = self.plan(&data, true).await;
+                let result = match plan {
+                    Plan::Drop => return Err(Dropped),
+                    Plan::Fail(ref e) => Err(e.clone()),
+                    Plan::Run | Plan::RunThenDrop => {
                         let mut state = self.state.lock().unwrap();
                         let db = self.session.db.clone();
                         schemaless::insert(
@@ -224,7 +244,10 @@ impl Conn {
                         )
                     }
                 };
-                self.log(&data, &result.as_ref().map(|_| ()));
+                self.log(&data, code_of(&result));
+                if matches!(plan, Plan::RunThenDrop) {
+                    return Err(Dropped);
+                }
                 let mut r = reply("insert", req_id, started, 0, "");
                 match result {
                     Ok(n) => {
@@ -276,37 +299,27 @@ impl Conn {
         r
     }
 
-    /// Applies a queued fault: an error to answer with, a delay, or a drop.
-    async fn fault(&mut self, sql: &str, schemaless: bool) -> Result<Option<TdError>, Dropped> {
+    /// Takes the queued fault for `sql`, waits out a delay, and says what
+    /// to do with the statement.
+    async fn plan(&mut self, sql: &str, schemaless: bool) -> Plan {
         let fault = self.state.lock().unwrap().take_fault(sql, schemaless);
         match fault {
-            None => Ok(None),
-            Some(Fault::Error(e)) => Ok(Some(e)),
+            None => Plan::Run,
+            Some(Fault::Error(e)) => Plan::Fail(e),
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
-                Ok(None)
+                Plan::Run
             }
-            Some(Fault::Drop { applied }) => {
-                if applied {
-                    let mut state = self.state.lock().unwrap();
-                    let result = if schemaless {
-                        Err(TdError::new(0, ""))
-                    } else {
-                        state.store.execute(&mut self.session, sql).map(|_| ())
-                    };
-                    drop(state);
-                    self.log(sql, &result);
-                }
-                Err(Dropped)
-            }
+            Some(Fault::Drop { applied: true }) => Plan::RunThenDrop,
+            Some(Fault::Drop { applied: false }) => Plan::Drop,
         }
     }
 
-    fn log(&self, sql: &str, result: &Result<(), TdError>) {
+    fn log(&self, sql: &str, code: u16) {
         self.state.lock().unwrap().log.push(Logged {
             sql: sql.to_owned(),
             bytes: sql.len(),
-            code: result.as_ref().err().map_or(0, |e| e.code),
+            code,
         });
     }
 
@@ -318,15 +331,19 @@ impl Conn {
         req_id: u64,
         started: Instant,
     ) -> Result<Json, Dropped> {
-        let fault = self.fault(sql, false).await?;
-        let result = match fault {
-            Some(e) => Err(e),
-            None => {
+        let plan = self.plan(sql, false).await;
+        let result = match plan {
+            Plan::Drop => return Err(Dropped),
+            Plan::Fail(ref e) => Err(e.clone()),
+            Plan::Run | Plan::RunThenDrop => {
                 let mut state = self.state.lock().unwrap();
                 state.store.execute(&mut self.session, sql)
             }
         };
-        self.log(sql, &result.as_ref().map(|_| ()));
+        self.log(sql, code_of(&result));
+        if matches!(plan, Plan::RunThenDrop) {
+            return Err(Dropped);
+        }
         let mut r = reply(action, req_id, started, 0, "");
         match result {
             Err(e) => {
