@@ -33,6 +33,10 @@
 //! (database or table missing: the `auto_create` statements run, then the
 //! statement once more) or permanent (syntax, auth, out-of-range timestamp:
 //! the driver bisects the batch and dead-letters only the bad rows).
+//! A batch split into several statements: when one fails for a reason in
+//! its rows, its messages are retried as a batch of their own (where the
+//! driver bisects them) and the statements after it still run; when the
+//! service is unwell, that statement and the rest are retried later.
 //! Rewriting a row TDengine already has replaces it (same table and
 //! timestamp), so a batch resent after a lost reply writes nothing twice.
 //!

@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use taos::{
-    AsyncQueryable, AsyncTBuilder, SchemalessPrecision, SchemalessProtocol, SmlDataBuilder, Taos,
-    TaosBuilder,
-};
+use taos::taos_query::common::{SchemalessPrecision, SchemalessProtocol, SmlDataBuilder};
+use taos::{AsyncQueryable, AsyncTBuilder, Taos, TaosBuilder};
 use tokio::sync::Mutex;
 
 use super::config::TdengineSettings;
@@ -81,7 +79,18 @@ impl TdError {
         let code: i32 = e.code().into();
         TdError::Server {
             code: (code & 0xFFFF) as u16,
-            message: e.message().to_string(),
+            message: redact(&e.message()),
+        }
+    }
+
+    /// Whether the connection is to be rebuilt before the next call: after
+    /// transport failures and timeouts, and after taosAdapter's generic
+    /// `0xFFFF` (also what the crate reports for a socket it found closed),
+    /// which the reference says to meet with one reconnect.
+    fn drops_connection(&self) -> bool {
+        match self {
+            TdError::Server { code: 0xFFFF, .. } => true,
+            other => other.class() == Class::Reconnect,
         }
     }
 
@@ -97,6 +106,39 @@ impl TdError {
     }
 }
 
+/// The crate's messages may quote the URL it dialed (a 401 reads
+/// `Authentication failure: "wss://host/ws?token=…"`) or the DSN: hides
+/// `token=` values and the password of `scheme://user:password@`.
+fn redact(message: &str) -> String {
+    let end = |s: &str| {
+        s.find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(s.len())
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let token = rest.find("token=").map(|i| (i, i + "token=".len()));
+        let password = rest.find("://").and_then(|i| {
+            let after = i + 3;
+            let authority = &rest[after..after + end(&rest[after..])];
+            let at = authority.rfind('@')?;
+            let colon = authority[..at].find(':')?;
+            Some((after + colon + 1, after + at))
+        });
+        let hide = match (token, password) {
+            (Some((t, from)), Some((p, _))) if t < p => (from, from + end(&rest[from..])),
+            (_, Some((from, to))) => (from, to),
+            (Some((_, from)), None) => (from, from + end(&rest[from..])),
+            (None, None) => break,
+        };
+        out.push_str(&rest[..hide.0]);
+        out.push_str("***");
+        rest = &rest[hide.1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Writes to TDengine through the official `taos` crate over WebSocket.
 pub struct TdengineSink {
     settings: TdengineSettings,
@@ -106,6 +148,8 @@ pub struct TdengineSink {
     client: Mutex<Option<Arc<Taos>>>,
     /// Statements (or schemaless writes) sent, for the log.
     statements: AtomicU64,
+    /// The next schemaless request id.
+    req_ids: AtomicU64,
     /// The periodic health check.
     health: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -119,6 +163,7 @@ impl TdengineSink {
             encoder,
             client: Mutex::new(None),
             statements: AtomicU64::new(0),
+            req_ids: AtomicU64::new(1),
             health: std::sync::Mutex::new(None),
         }
     }
@@ -136,7 +181,9 @@ impl TdengineSink {
                 tokio::time::sleep(interval).await;
                 let check = async {
                     let taos = connect(dsn.expose(), timeout).await?;
-                    with_timeout(timeout, taos.server_version()).await
+                    with_timeout(timeout, taos.server_version())
+                        .await
+                        .map(|v| v.into_owned())
                 };
                 match check.await {
                     Ok(_) if !healthy => {
@@ -218,10 +265,15 @@ impl TdengineSink {
                 } else {
                     SchemalessPrecision::Millisecond
                 };
+                // taos 0.12.3 matches schemaless replies by req_id and
+                // sends 0 when none is set: concurrent writes (the
+                // inflight window) need their own, or the crate panics.
+                let req_id = self.req_ids.fetch_add(1, Ordering::Relaxed);
                 let data = SmlDataBuilder::default()
                     .protocol(SchemalessProtocol::Line)
                     .precision(precision)
                     .data(text.split('\n').map(str::to_owned).collect::<Vec<_>>())
+                    .req_id(req_id)
                     .build()
                     .map_err(|e| TdError::Server {
                         code: 0xFFFF,
@@ -231,7 +283,7 @@ impl TdengineSink {
             }
         };
         if let Err(e) = &result
-            && matches!(e.class(), Class::Reconnect)
+            && e.drops_connection()
         {
             self.reset(&client).await;
         }
@@ -257,7 +309,7 @@ impl TdengineSink {
         let client = self.client().await?;
         let result = with_timeout(self.settings.timeout, client.exec(ddl)).await;
         if let Err(e) = &result
-            && e.class() == Class::Reconnect
+            && e.drops_connection()
         {
             self.reset(&client).await;
         }
@@ -296,30 +348,46 @@ impl Sink for TdengineSink {
     async fn write(&self, request: &Request) -> Result<Written, TdError> {
         let statements = &request.statements;
         tracing::debug!(sink = %self.settings.name, statements = statements.len(), "Writing batch.");
+        let mut failures = Vec::new();
         for (i, statement) in statements.iter().enumerate() {
             self.statements.fetch_add(1, Ordering::Relaxed);
             let Err(e) = self.run_fixing(&statement.text).await else {
                 continue;
             };
-            if i == 0 {
+            if statements.len() == 1 {
+                // The driver retries or bisects the whole batch.
                 return Err(e);
             }
-            // The statements before were written. The rest is retried as
-            // a batch of its own; a permanent failure there is then the
-            // first statement's, so the driver bisects it.
             let reason = format!("statement {} of {} failed: {e}", i + 1, statements.len());
-            let failures = statements[i..]
-                .iter()
-                .flat_map(|s| s.indexes.iter())
-                .map(|&index| MessageFailure {
+            // Retryable or Reconnect: the service is unwell, so this
+            // statement and the ones after it are retried later, as a batch
+            // of their own. Fixable or Permanent: something in this
+            // statement is bad; its messages are retried as a batch of
+            // their own, where the failure is the whole batch's and the
+            // driver bisects it down to the bad rows, and the statements
+            // after it (which do not depend on it) still run now.
+            let unwell = matches!(e.class(), Class::Retryable | Class::Reconnect);
+            let failed = if unwell {
+                &statements[i..]
+            } else {
+                std::slice::from_ref(statement)
+            };
+            for index in failed.iter().flat_map(|s| s.indexes.iter().copied()) {
+                failures.push(MessageFailure {
                     index,
                     class: ErrorClass::Retryable,
                     reason: reason.clone(),
-                })
-                .collect();
-            return Ok(Written::Partial(failures));
+                });
+            }
+            if unwell {
+                break;
+            }
         }
-        Ok(Written::All)
+        Ok(if failures.is_empty() {
+            Written::All
+        } else {
+            Written::Partial(failures)
+        })
     }
 
     fn classify(&self, error: &TdError) -> ErrorClass {
@@ -334,7 +402,7 @@ impl Sink for TdengineSink {
         match with_timeout(self.settings.timeout, client.server_version()).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                if e.class() == Class::Reconnect {
+                if e.drops_connection() {
                     self.reset(&client).await;
                 }
                 Err(e.into())
@@ -358,6 +426,19 @@ impl Sink for TdengineSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_of_the_crate_never_show_a_token_or_password() {
+        assert_eq!(
+            redact(r#"Authentication failure: "wss://h:443/ws?token=abc&x=1""#),
+            r#"Authentication failure: "wss://h:443/ws?token=***&x=1""#
+        );
+        assert_eq!(
+            redact("invalid driver ws://root:pa:ss@h:6041/db?token=t"),
+            "invalid driver ws://root:***@h:6041/db?token=***"
+        );
+        assert_eq!(redact("ws://h:6041/ws"), "ws://h:6041/ws");
+    }
 
     #[test]
     fn error_codes_are_classified_as_the_reference_table_says() {
