@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use taos::{AsyncFetchable, AsyncQueryable, AsyncTBuilder, TaosBuilder};
+use taos::{AsyncFetchable, AsyncQueryable, AsyncTBuilder, TaosBuilder, TryStreamExt};
 use weir::ack::{AckOutcome, AckToken, track};
 use weir::config::{DriverConfig, Secret, SinkConfig, SinkKind};
 use weir::sink::tdengine::{SqlTemplate, TdengineMode};
@@ -201,14 +201,22 @@ to = ["td", "archive"]
         };
         wait_log("Subscribed.");
         let url = broker.url();
+        // One reading at a time, 10 ms apart: weir stamps each on arrival
+        // (milliseconds), and two rows of the one table with the same
+        // timestamp replace each other, as in TDengine. The spacing is
+        // wall-clock time in another process, so no paused clock can stand
+        // in for it.
         tokio::task::spawn_blocking(move || {
-            publish_many_blocking(
-                &url,
-                |i| format!("devices/c{}/temp_hum", i % 3),
-                |i| format!(r#"{{"temp": {}.5, "hum": {}}}"#, 20 + i, 80 + i).into_bytes(),
-                9,
-                1,
-            )
+            for i in 0..9 {
+                std::thread::sleep(Duration::from_millis(10));
+                publish_many_blocking(
+                    &url,
+                    |_| format!("devices/c{}/temp_hum", i % 3),
+                    |_| format!(r#"{{"temp": {}.5, "hum": {}}}"#, 20 + i, 80 + i).into_bytes(),
+                    1,
+                    1,
+                );
+            }
         })
         .await
         .unwrap();
@@ -253,8 +261,6 @@ to = ["td", "archive"]
             })
             .collect();
         got.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        // Rows of one client in the same millisecond would overwrite each
-        // other in TDengine; the publisher is slow enough that they don't.
         assert_eq!(got, expected, "{version}");
         let clients: std::collections::BTreeSet<&str> = got.iter().map(|r| r.1.as_str()).collect();
         assert_eq!(clients.into_iter().collect::<Vec<_>>(), ["c0", "c1", "c2"]);
@@ -332,15 +338,14 @@ async fn a_hundred_thousand_messages_at_batch_1000_are_all_written_in_statements
         let td = server(version).await;
         let sink = start_sink(&td, SEED_SQL, driver(1000), None).unwrap();
         let base = now_ms() - 200_000;
-        // 100 clients × 1000 readings, a distinct timestamp per client row;
-        // a long client id makes each batch's SQL pass 1 MiB, so it is split.
-        let pad = "x".repeat(200);
+        // 100 clients, one table: a distinct timestamp per reading, or rows
+        // would overwrite each other.
         let messages: Vec<Message> = (0..100_000)
             .map(|i| {
                 reading(
-                    &format!("c{}-{pad}", i % 100),
+                    &format!("c{}", i % 100),
                     serde_json::json!({"temp": i % 50, "hum": 50.5}),
-                    base + (i / 100) as i64,
+                    base + i as i64,
                 )
             })
             .collect();
@@ -355,15 +360,67 @@ async fn a_hundred_thousand_messages_at_batch_1000_are_all_written_in_statements
             .filter(|s| s.sql.starts_with("INSERT"))
             .collect();
         assert!(inserts.iter().all(|s| s.bytes <= 1 << 20 && s.code == 0));
-        assert!(
-            inserts.len() > 100,
-            "batches over 1 MiB were split: {} statements",
-            inserts.len()
-        );
+        // One multi-row statement per batch of 1000.
+        assert_eq!(inserts.len(), 100, "{version}");
         println!(
             "{version}: 100000 rows in {} INSERT statements",
             inserts.len()
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_sql_would_pass_1_mib_is_split_into_statements_under_it() {
+    for version in VERSIONS {
+        let td = server(version).await;
+        td.execute("CREATE TABLE iot_data.logs (ts TIMESTAMP, line VARCHAR(2000))")
+            .unwrap();
+        let sink = start_sink(
+            &td,
+            "INSERT INTO iot_data.logs (ts, line) VALUES (${ts}, ${line})",
+            driver(1000),
+            None,
+        )
+        .unwrap();
+        let base = now_ms() - 10_000;
+        // 1200 bytes of text, 1800 of SQL once escaped: a batch of 1000
+        // takes about 1.7 MiB of SQL.
+        let line = "é'\\".repeat(300);
+        let messages = (0..3000)
+            .map(|i| {
+                reading(
+                    "c1",
+                    serde_json::json!({"line": format!("{i}:{line}")}),
+                    base + i as i64,
+                )
+            })
+            .collect();
+        let outcomes = send_all(&sink, messages).await;
+        sink.shutdown().await;
+        assert!(all_accepted(&outcomes), "{version}");
+        let inserts: Vec<_> = td
+            .statements()
+            .into_iter()
+            .filter(|s| s.sql.starts_with("INSERT"))
+            .collect();
+        assert!(
+            inserts.iter().all(|s| s.bytes <= 1 << 20 && s.code == 0),
+            "{version}: {:?}",
+            inserts
+                .iter()
+                .map(|s| (s.bytes, s.code))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            inserts.len() >= 6,
+            "{version}: {} statements",
+            inserts.len()
+        );
+        let rows = read(&td, "select line from iot_data.logs order by ts").await;
+        assert_eq!(rows.len(), 3000, "{version}");
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r[0].as_str().unwrap(), format!("{i}:{line}"), "{version}");
+        }
     }
 }
 
