@@ -271,14 +271,39 @@ fn encode_sql(
     rejected: &mut Vec<Rejected>,
 ) -> Request {
     let uses_json = template.uses_json();
+    // A head without placeholders (one table, the seed scenario) is the
+    // same for every message: rendered once.
+    let literal_head = template.table.is_literal() && template.middle.is_literal();
     let mut statements = Vec::new();
     let mut b = Builder::new();
     let mut head = String::new();
     let mut row = String::new();
     for (index, m) in batch.iter().enumerate() {
         let json = decode(uses_json, m);
-        head.clear();
         row.clear();
+        if literal_head && !head.is_empty() {
+            let rendered = template
+                .row
+                .render_sql(m, json.as_ref(), null_undefined, &mut row);
+            if let Err(e) = rendered {
+                rejected.push(Rejected {
+                    index,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            add_row(
+                &mut b,
+                &mut statements,
+                head.trim_end(),
+                &row,
+                index,
+                max_bytes,
+                rejected,
+            );
+            continue;
+        }
+        head.clear();
         // Table name: identifiers only.
         let mut bad = None;
         let rendered = template.table.render(
@@ -310,49 +335,73 @@ fn encode_sql(
             rejected.push(Rejected { index, reason });
             continue;
         }
-        let head_text = head.trim_end();
-        // " VALUES" once per item, " " + row per row.
-        let row_cost = 1 + row.len();
-        let item_cost = 1 + head_text.len() + " VALUES".len();
-        if INSERT_INTO.len() + item_cost + row_cost > max_bytes {
-            rejected.push(Rejected {
-                index,
-                reason: format!(
-                    "the row takes {} bytes of SQL, more than the {max_bytes}-byte statement limit",
-                    item_cost + row_cost
-                ),
-            });
-            continue;
-        }
-        let existing = b.by_head.get(head_text).copied();
-        let cost = row_cost + if existing.is_some() { 0 } else { item_cost };
-        if b.bytes + cost > max_bytes {
-            b.finish(&mut statements);
-        }
-        match b.by_head.get(head_text).copied() {
-            Some(i) => {
-                let item = &mut b.items[i];
-                item.rows.push(' ');
-                item.rows.push_str(&row);
-                item.indexes.push(index);
-                b.bytes += row_cost;
-            }
-            None => {
-                b.by_head.insert(head_text.to_owned(), b.items.len());
-                let mut rows = String::with_capacity(row.len() + 1);
-                rows.push(' ');
-                rows.push_str(&row);
-                b.items.push(Item {
-                    head: head_text.to_owned(),
-                    rows,
-                    indexes: vec![index],
-                });
-                b.bytes += item_cost + row_cost;
-            }
-        }
+        let trimmed = head.trim_end().len();
+        head.truncate(trimmed);
+        add_row(
+            &mut b,
+            &mut statements,
+            &head,
+            &row,
+            index,
+            max_bytes,
+            rejected,
+        );
     }
     b.finish(&mut statements);
     Request { statements }
+}
+
+/// Adds one rendered row to the statement being built, starting a new
+/// statement first when it would pass `max_bytes`; a row that can never
+/// fit is rejected.
+fn add_row(
+    b: &mut Builder,
+    statements: &mut Vec<Statement>,
+    head_text: &str,
+    row: &str,
+    index: usize,
+    max_bytes: usize,
+    rejected: &mut Vec<Rejected>,
+) {
+    // " VALUES" once per item, " " + row per row.
+    let row_cost = 1 + row.len();
+    let item_cost = 1 + head_text.len() + " VALUES".len();
+    if INSERT_INTO.len() + item_cost + row_cost > max_bytes {
+        rejected.push(Rejected {
+            index,
+            reason: format!(
+                "the row takes {} bytes of SQL, more than the {max_bytes}-byte statement limit",
+                item_cost + row_cost
+            ),
+        });
+        return;
+    }
+    let existing = b.by_head.get(head_text).copied();
+    let cost = row_cost + if existing.is_some() { 0 } else { item_cost };
+    if b.bytes + cost > max_bytes {
+        b.finish(statements);
+    }
+    match b.by_head.get(head_text).copied() {
+        Some(i) => {
+            let item = &mut b.items[i];
+            item.rows.push(' ');
+            item.rows.push_str(row);
+            item.indexes.push(index);
+            b.bytes += row_cost;
+        }
+        None => {
+            b.by_head.insert(head_text.to_owned(), b.items.len());
+            let mut rows = String::with_capacity(row.len() + 1);
+            rows.push(' ');
+            rows.push_str(row);
+            b.items.push(Item {
+                head: head_text.to_owned(),
+                rows,
+                indexes: vec![index],
+            });
+            b.bytes += item_cost + row_cost;
+        }
+    }
 }
 
 /// Escapes a measurement, tag key, tag value or field key.
