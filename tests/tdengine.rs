@@ -626,3 +626,81 @@ to = ["td"]
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(!stderr.contains("nope"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_mode_writes_schemaless_rows_that_read_back_by_tag() {
+    use weir::sink::tdengine::LineTemplate;
+    use weir::template::Template;
+    for version in VERSIONS {
+        let td = server(version).await;
+        let config = SinkConfig {
+            name: "td".into(),
+            driver: driver(100),
+            kind: SinkKind::Tdengine {
+                // Schemaless writes go to the DSN's database.
+                dsn: Secret::new(format!("{}/iot_data", td.dsn("root", "taosdata"))),
+                mode: TdengineMode::Line(LineTemplate {
+                    measurement: Template::parse("readings").unwrap(),
+                    tags: vec![("client".into(), Template::parse("${clientid}").unwrap())],
+                    fields: vec![("temp".into(), Template::parse("${temp}").unwrap())],
+                    nanoseconds: false,
+                }),
+                auto_create: Vec::new(),
+                timeout: Duration::from_secs(2),
+                health_check_interval: Duration::from_secs(3600),
+            },
+        };
+        let context = SinkContext {
+            broker: weir::config::BrokerConfig {
+                host: "127.0.0.1".into(),
+                port: 1,
+                tls: None,
+                client_id: "t".into(),
+                username: None,
+                password: None,
+                protocol: weir::config::MqttProtocol::V311,
+                keep_alive: Duration::from_secs(30),
+                clean_session: true,
+                reconnect_min: Duration::from_millis(50),
+                reconnect_max: Duration::from_millis(200),
+                embedded: None,
+            },
+        };
+        let sink = weir::sink::start(&config, None, &context).unwrap();
+        let base = now_ms();
+        let messages = (0..10)
+            .map(|i| {
+                reading(
+                    &format!("c {}", i % 2),
+                    serde_json::json!({"temp": 20.5 + i as f64}),
+                    base + i as i64,
+                )
+            })
+            .collect();
+        let outcomes = send_all(&sink, messages).await;
+        sink.shutdown().await;
+        assert!(all_accepted(&outcomes), "{version}");
+        let rows = read(&td, "select _ts, temp, client from iot_data.readings").await;
+        let mut got: Vec<(i64, f64, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    ts_ms(&r[0]),
+                    r[1].as_f64().unwrap(),
+                    r[2].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        got.sort_by_key(|r| r.0);
+        let expected: Vec<(i64, f64, String)> = (0..10)
+            .map(|i| (base + i, 20.5 + i as f64, format!("c {}", i % 2)))
+            .collect();
+        assert_eq!(got, expected, "{version}");
+        let puts = td
+            .statements()
+            .into_iter()
+            .filter(|s| s.sql.starts_with("readings,"))
+            .count();
+        assert!(puts >= 1, "{version}: schemaless writes were sent");
+    }
+}
