@@ -30,6 +30,13 @@
 //! every substituted value goes through the caller's `escape` function, so
 //! SQL, JSON and topic rendering each own their quoting rules.
 //! [`plain`] is the escape for text that needs none.
+//!
+//! SQL (the TDengine sink) is the one mode that also looks at the literal
+//! text around a placeholder: [`Template::render_sql`] treats a placeholder
+//! written between single quotes (`'${clientid}'`, as EMQX users write
+//! string values) as one quoted value, so that a missing value becomes a
+//! bare `NULL` rather than the string `'NULL'`. See [`sql_value`] for how
+//! values become SQL literals.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -150,6 +157,123 @@ pub fn plain(value: Value<'_>, out: &mut String) {
     }
 }
 
+/// Appends `s` as the body of a single-quoted SQL string (TDengine's
+/// grammar): `\` and `'` are backslash-escaped, and newline, carriage
+/// return and tab are written as `\n`, `\r`, `\t`, which TDengine reads
+/// back as the same characters. Everything else (double quotes, emoji, any
+/// other Unicode) is copied as is.
+pub fn sql_escape(s: &str, out: &mut String) {
+    let bytes = s.as_bytes();
+    let mut copied = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\'' => "\\'",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            _ => continue,
+        };
+        out.push_str(&s[copied..i]);
+        out.push_str(escaped);
+        copied = i + 1;
+    }
+    out.push_str(&s[copied..]);
+}
+
+/// Appends `value` as a TDengine SQL literal.
+///
+/// - Text (topic, fields, JSON strings) becomes a quoted, escaped string
+///   ([`sql_escape`]), so a value can never end the string or the statement.
+/// - Numbers (JSON numbers, `${ts}`, `${qos}`) are written as numbers and
+///   JSON booleans as `TRUE` / `FALSE` — unless `quoted`, when the template
+///   already put the placeholder between quotes and they are written as
+///   quoted text (`'23'`), which TDengine converts to the column's type.
+/// - JSON objects and arrays become their compact JSON text, quoted.
+/// - JSON `null` and undefined variables ([`Value::Null`]) are `NULL`,
+///   without quotes even when the placeholder is quoted.
+pub fn sql_value(value: Value<'_>, quoted: bool, out: &mut String) {
+    use fmt::Write as _;
+    let text = match value {
+        Value::Null | Value::Json(serde_json::Value::Null) => return out.push_str("NULL"),
+        Value::Str(s) => s,
+        Value::Json(serde_json::Value::String(s)) => s.as_str(),
+        Value::Int(i) => {
+            if quoted {
+                let _ = write!(out, "'{i}'");
+            } else {
+                let _ = write!(out, "{i}");
+            }
+            return;
+        }
+        Value::Json(serde_json::Value::Number(n)) => {
+            if quoted {
+                let _ = write!(out, "'{n}'");
+            } else {
+                let _ = write!(out, "{n}");
+            }
+            return;
+        }
+        Value::Json(serde_json::Value::Bool(b)) => {
+            return out.push_str(match (quoted, *b) {
+                (true, true) => "'true'",
+                (true, false) => "'false'",
+                (false, true) => "TRUE",
+                (false, false) => "FALSE",
+            });
+        }
+        Value::Json(json) => {
+            out.push('\'');
+            sql_escape(&json.to_string(), out);
+            out.push('\'');
+            return;
+        }
+    };
+    out.push('\'');
+    sql_escape(text, out);
+    out.push('\'');
+}
+
+/// Scans SQL text for string quotes (`'` or `"`, backslash escapes inside),
+/// starting with `open` already open. Returns the quote open at the end,
+/// and whether the text's last byte opened it.
+fn scan_quotes(text: &str, mut open: Option<u8>) -> (Option<u8>, bool) {
+    let bytes = text.as_bytes();
+    let mut opened_at = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match open {
+            Some(_) if c == b'\\' => i += 1,
+            Some(q) if c == q => open = None,
+            Some(_) => {}
+            None if c == b'\'' || c == b'"' => {
+                open = Some(c);
+                opened_at = Some(i);
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    let last = open.is_some() && opened_at.is_some_and(|at| at + 1 == bytes.len());
+    (open, last)
+}
+
+/// Appends `value`'s text for the inside of a string the template opened
+/// with `quote`: escaped as [`sql_escape`] does (plus `"` inside a
+/// double-quoted string), and not quoted again.
+fn sql_text(value: Value<'_>, quote: u8, out: &mut String) {
+    let mut text = String::new();
+    plain(value, &mut text);
+    let start = out.len();
+    sql_escape(&text, out);
+    if quote == b'"' && out[start..].contains('"') {
+        let escaped = out[start..].replace('"', "\\\"");
+        out.truncate(start);
+        out.push_str(&escaped);
+    }
+}
+
 impl Template {
     /// Parses a template. See the module doc for the syntax.
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
@@ -266,6 +390,99 @@ impl Template {
         let mut out = String::new();
         self.render(msg, json, &mut plain, &mut out)?;
         Ok(out)
+    }
+
+    /// Renders a SQL statement (fragment): every value goes through
+    /// [`sql_value`], according to where the template put it:
+    ///
+    /// - outside quotes (`${temp}`): a literal of its own (numbers bare,
+    ///   text quoted and escaped, missing values `NULL`);
+    /// - as the whole of a quoted string (`'${clientid}'`, as EMQX users
+    ///   write string values): one quoted value — the template's quotes are
+    ///   replaced by the value's own, so text is escaped once and a missing
+    ///   value is a bare `NULL`, not `'NULL'`;
+    /// - inside a longer quoted string (`'dev-${id}'`): the value's text,
+    ///   escaped for that string and not quoted again. A missing value
+    ///   cannot be `NULL` there, so it fails the message even with
+    ///   `null_undefined`.
+    ///
+    /// Undefined variables are `NULL` when `null_undefined`
+    /// (`undefined_vars_as_null`), else an error naming the variable.
+    pub fn render_sql(
+        &self,
+        msg: &Message,
+        json: Option<&serde_json::Value>,
+        null_undefined: bool,
+        out: &mut String,
+    ) -> Result<(), Undefined> {
+        let parts = &self.parts;
+        // The quote the template's literal text left open, if any.
+        let mut open: Option<u8> = None;
+        // The literal after a whole-string placeholder starts with that
+        // string's closing quote, already written with the value.
+        let mut skip_quote = false;
+        // The placeholder at hand is a whole quoted string.
+        let mut whole = false;
+        for (i, part) in parts.iter().enumerate() {
+            match part {
+                Part::Literal(text) => {
+                    let text = if std::mem::take(&mut skip_quote) {
+                        &text[1..]
+                    } else {
+                        text.as_str()
+                    };
+                    let (state, opened_last) = scan_quotes(text, open);
+                    whole = match (state, parts.get(i + 1), parts.get(i + 2)) {
+                        (Some(q), Some(Part::Var { .. }), Some(Part::Literal(after))) => {
+                            opened_last && after.as_bytes().first() == Some(&q)
+                        }
+                        _ => false,
+                    };
+                    if whole {
+                        out.push_str(&text[..text.len() - 1]);
+                        open = None;
+                    } else {
+                        out.push_str(text);
+                        open = state;
+                    }
+                }
+                Part::Var {
+                    variable,
+                    text,
+                    path,
+                } => {
+                    let in_string = if whole { None } else { open };
+                    let resolved = match in_string {
+                        None => {
+                            resolve(variable, path, msg, json, &mut |v| sql_value(v, whole, out))
+                        }
+                        Some(quote) => {
+                            let found = resolve(variable, path, msg, json, &mut |v| {
+                                sql_text(v, quote, out)
+                            });
+                            if !found {
+                                return Err(Undefined {
+                                    variable: text.clone(),
+                                });
+                            }
+                            found
+                        }
+                    };
+                    skip_quote = whole;
+                    whole = false;
+                    if !resolved {
+                        if null_undefined {
+                            out.push_str("NULL");
+                        } else {
+                            return Err(Undefined {
+                                variable: text.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn render_inner(
@@ -621,5 +838,68 @@ mod tests {
         plain(Value::Json(&json!("s")), &mut out);
         plain(Value::Null, &mut out);
         assert_eq!(out, r#"{"a":[1,"b"]}snull"#);
+    }
+
+    fn sql(template: &str, msg: &Message, null_undefined: bool) -> Result<String, Undefined> {
+        let json = serde_json::from_slice::<serde_json::Value>(&msg.payload).ok();
+        let mut out = String::new();
+        Template::parse(template).unwrap().render_sql(
+            msg,
+            json.as_ref(),
+            null_undefined,
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    #[test]
+    fn sql_mode_escapes_quotes_and_backslashes_and_writes_numbers_as_literals() {
+        let msg = message(r#"{"t": 23.5, "hum": 90, "on": true, "s": "it's C:\\dir\n"}"#);
+        assert_eq!(
+            sql("(${ts}, ${t}, ${hum}, ${on}, ${s}, ${device})", &msg, false).unwrap(),
+            r"(1700000000123, 23.5, 90, TRUE, 'it\'s C:\\dir\n', 'd1')"
+        );
+    }
+
+    #[test]
+    fn sql_mode_quotes_a_placeholder_the_template_quoted_exactly_once() {
+        let msg = message(r#"{"name": "O'Brien", "n": 7}"#);
+        assert_eq!(
+            sql("VALUES ('${name}', '${n}', '${device}')", &msg, false).unwrap(),
+            r"VALUES ('O\'Brien', '7', 'd1')"
+        );
+        // Inside a longer string the value is escaped, not quoted again.
+        assert_eq!(
+            sql(r#"('x${name}', "a ${name} \" ${n}")"#, &msg, false).unwrap(),
+            r#"('xO\'Brien', "a O\'Brien \" 7")"#
+        );
+        // ... and cannot be NULL.
+        assert_eq!(
+            sql("('x${missing}')", &msg, true).unwrap_err().to_string(),
+            "variable ${missing} is undefined"
+        );
+        // One quote between two placeholders belongs to the first.
+        assert_eq!(sql("'${n}'${n}'", &msg, false).unwrap(), "'7'7'");
+    }
+
+    #[test]
+    fn sql_mode_renders_missing_values_as_bare_null_or_names_them() {
+        let msg = message(r#"{"t": null}"#);
+        assert_eq!(
+            sql("(${t}, '${missing}', ${gone})", &msg, true).unwrap(),
+            "(NULL, NULL, NULL)"
+        );
+        let err = sql("(${t}, '${missing}')", &msg, false).unwrap_err();
+        assert_eq!(err.to_string(), "variable ${missing} is undefined");
+    }
+
+    #[test]
+    fn sql_mode_cannot_be_broken_out_of_by_a_value() {
+        let mut msg = message(r#"{"evil": "x'); DROP DATABASE d; --", "obj": {"a": "'"}}"#);
+        msg.fields = Fields::from_pairs([("device", r"\'")]);
+        assert_eq!(
+            sql("('${evil}', ${obj}, ${device})", &msg, false).unwrap(),
+            r#"('x\'); DROP DATABASE d; --', '{"a":"\'"}', '\\\'')"#
+        );
     }
 }

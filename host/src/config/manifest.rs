@@ -230,6 +230,8 @@ pub enum SinkSpec {
     Null(NullSink),
     /// Rows into an Alibaba Cloud Tablestore timeseries table.
     Tablestore(TablestoreSink),
+    /// TDengine or TDengine Cloud, over WebSocket.
+    Tdengine(TdengineSink),
 }
 
 /// Options every sink has: the shared driver's batching, in-flight window,
@@ -381,6 +383,61 @@ pub struct TablestoreSink {
     /// Shared driver options (batching, retries). `batch_size` is at most 200.
     #[serde(flatten)]
     pub driver: DriverOptions,
+}
+
+/// TDengine output (EMQX's TDengine action).
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct TdengineSink {
+    /// `ws://user:password@host:6041[/db]`, `wss://…`, or TDengine Cloud
+    /// `wss://host?token=…`. Example: `"ws://root:${env:TDENGINE_PASSWORD}@127.0.0.1:6041"`.
+    pub dsn: String,
+    /// `"sql"` (INSERT statements, the default) or `"line"` (schemaless
+    /// InfluxDB line protocol). Example: `"sql"`.
+    pub mode: Option<String>,
+    /// SQL mode: the INSERT template. Example:
+    /// `"INSERT INTO iot_data.temp_hum(ts, temp, hum, clientid) VALUES (${ts}, ${temp}, ${hum}, '${clientid}')"`.
+    pub sql: Option<String>,
+    /// Super-table mode: the super table. Example: `"iot_data.meters"`.
+    pub stable: Option<String>,
+    /// Super-table mode: the child table's name. Example: `"iot_data.d_${clientid}"`.
+    pub table: Option<String>,
+    /// Super-table mode: tag values, in the super table's tag order
+    /// (example: `["'${clientid}'"]`); line mode: tag name → value
+    /// (example: `{ client = "${clientid}" }`).
+    pub tags: Option<TagsSpec>,
+    /// Super-table mode: the column list. Example: `"(ts, temp, hum)"`.
+    pub columns: Option<String>,
+    /// Super-table mode: one row. Example: `"(${ts}, ${temp}, ${hum})"`.
+    pub values: Option<String>,
+    /// Line mode: the measurement. Example: `"temp_hum"`.
+    pub measurement: Option<String>,
+    /// Line mode: field name → value. Example: `{ temp = "${temp}" }`.
+    pub fields: Option<BTreeMap<String, String>>,
+    /// Line mode: timestamp precision, `"ms"` or `"ns"`. Example: `"ms"`.
+    pub precision: Option<String>,
+    /// Statements run when a database or table does not exist, before the
+    /// write is tried again. Example:
+    /// `["CREATE DATABASE IF NOT EXISTS iot_data", "CREATE TABLE IF NOT EXISTS iot_data.temp_hum (ts TIMESTAMP, clientid NCHAR(256), temp FLOAT, hum FLOAT)"]`.
+    pub auto_create: Option<Vec<String>>,
+    /// Bound of every call to TDengine. Example: `"30s"`.
+    pub timeout: Option<DurationText>,
+    /// How often to check the server with `select server_version()`.
+    /// Example: `"15s"`.
+    pub health_check_interval: Option<DurationText>,
+    /// Shared driver options (batching, retries).
+    #[serde(flatten)]
+    pub driver: DriverOptions,
+}
+
+/// Tag values (super-table mode) or named tags (line mode).
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TagsSpec {
+    /// Example: `["'${clientid}'", "${site}"]`.
+    Values(Vec<String>),
+    /// Example: `{ client = "${clientid}" }`.
+    Named(BTreeMap<String, String>),
 }
 
 /// A rule: which topics, what to do, where to write.

@@ -182,6 +182,20 @@ pub enum SinkKind {
     Null,
     /// Rows into an Alibaba Cloud Tablestore timeseries table.
     Tablestore(Box<TablestoreConfig>),
+    /// TDengine over WebSocket (the official `taos` crate).
+    Tdengine {
+        /// `ws://user:pass@host:6041/db`, `wss://…` or
+        /// `wss://host?token=…`; a secret (may hold a password or token).
+        dsn: Secret,
+        /// SQL statements or schemaless lines, with their templates.
+        mode: crate::sink::tdengine::TdengineMode,
+        /// Statements run when a database or table is missing.
+        auto_create: Vec<String>,
+        /// Bound of every call to TDengine.
+        timeout: Duration,
+        /// How often the background health check runs.
+        health_check_interval: Duration,
+    },
 }
 
 /// A Tablestore timeseries table to write to.
@@ -299,6 +313,10 @@ pub const DEFAULT_MAX_BUFFER_BYTES: usize = 64 << 20;
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 10 << 20;
 /// Default of a file sink's `max_files`.
 pub const DEFAULT_MAX_FILES: u32 = 5;
+/// Default of a TDengine sink's `timeout`.
+pub const DEFAULT_TDENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of a TDengine sink's `health_check_interval` (EMQX's).
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// Default of a rule's `max_payload_bytes`.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 << 10;
 /// Default of a rule's `queue_size`.

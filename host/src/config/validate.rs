@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 
 use super::diagnostic::{Reporter, did_you_mean};
 use super::manifest::{
-    Broker, HopSpec, Http, PluginSpec, RuleSpec, SinkSpec, StepSpec, WindowKindName, WindowStepSpec,
+    Broker, DurationText, HopSpec, Http, PluginSpec, RuleSpec, SinkSpec, StepSpec, WindowKindName,
+    WindowStepSpec,
 };
 use super::model::*;
 use super::secret::{self, Secret};
@@ -601,6 +602,7 @@ impl<'a, 's> Validator<'a, 's> {
             SinkSpec::Mqtt(s) => &s.driver,
             SinkSpec::Null(s) => &s.driver,
             SinkSpec::Tablestore(s) => &s.driver,
+            SinkSpec::Tdengine(s) => &s.driver,
         };
         let driver = self.driver(name, driver_options, sink_names);
         let sub = |key: &str| at!["sinks", name, key].to_vec();
@@ -761,6 +763,11 @@ impl<'a, 's> Validator<'a, 's> {
                         SinkKind::Null
                     }
                 }
+            }
+            SinkSpec::Tdengine(s) => {
+                let kind = self.tdengine(name, &s, &mut templates);
+                ok &= kind.is_some();
+                kind?
             }
         };
         let driver = driver?;
@@ -996,6 +1003,284 @@ impl<'a, 's> Validator<'a, 's> {
             auto_create: s.auto_create.unwrap_or(false),
             request_timeout: request_timeout?,
         })
+    }
+
+    /// A `type = "tdengine"` sink; its templates are added to `templates`
+    /// for the check against the rules' captures.
+    fn tdengine(
+        &mut self,
+        name: &str,
+        s: &super::manifest::TdengineSink,
+        templates: &mut Vec<TemplateUse>,
+    ) -> Option<SinkKind> {
+        use super::manifest::TagsSpec;
+        use crate::sink::tdengine::{LineTemplate, SqlTemplate, TdengineMode};
+        let sub = |key: &str| at!["sinks", name, key].to_vec();
+        let label = format!("[sinks.{name}]");
+        let mut ok = true;
+        ok &= self.tdengine_dsn(&sub("dsn"), &s.dsn);
+        let duration = |v: &mut Self, key: &str, value: &Option<DurationText>, default| match value
+        {
+            None => Some(default),
+            Some(text) => match v.duration(&sub(key), &text.0) {
+                Some(d) if d.is_zero() => {
+                    let what = v.value_label(&sub(key));
+                    v.error(&sub(key), format!("{what} must be more than 0"));
+                    None
+                }
+                other => other,
+            },
+        };
+        let timeout = duration(self, "timeout", &s.timeout, DEFAULT_TDENGINE_TIMEOUT);
+        let interval = duration(
+            self,
+            "health_check_interval",
+            &s.health_check_interval,
+            DEFAULT_HEALTH_CHECK_INTERVAL,
+        );
+        let line = match s.mode.as_deref() {
+            None | Some("sql") => false,
+            Some("line") => true,
+            Some(_) => {
+                let what = self.value_label(&sub("mode"));
+                let written = self.written(&sub("mode"));
+                self.error(&sub("mode"), format!("{what} is {written}, not \"sql\" or \"line\""))
+                    .hint("\"sql\" writes INSERT statements; \"line\" writes InfluxDB line protocol (schemaless)");
+                return None;
+            }
+        };
+        // Options of the other mode are mistakes, not silently ignored.
+        let root = self.root;
+        let present = |key: &str| spec_has(root, &sub(key));
+        let foreign: &[&str] = if line {
+            &["sql", "stable", "table", "columns", "values"]
+        } else {
+            &["measurement", "fields", "precision"]
+        };
+        for &key in foreign {
+            if present(key) {
+                let span = self.key_span(&sub(key));
+                let mode = if line { "line" } else { "sql" };
+                self.r
+                    .error(
+                        span,
+                        format!("\"{key}\" in {label} does not apply to mode = \"{mode}\""),
+                    )
+                    .hint(if line {
+                        "mode = \"line\" takes measurement, tags and fields"
+                    } else {
+                        "set mode = \"line\" for measurement, fields and precision"
+                    });
+                ok = false;
+            }
+        }
+        let mut template = |v: &mut Self, key: &'static str, text: &str| -> Option<Template> {
+            let t = v.template(&sub(key), text)?;
+            templates.push(TemplateUse {
+                field: key,
+                template: t.clone(),
+                path: sub(key),
+            });
+            Some(t)
+        };
+        let mode = if line {
+            let measurement = match &s.measurement {
+                Some(m) => template(self, "measurement", m),
+                None => {
+                    self.error(
+                        &at!["sinks", name],
+                        format!("{label} with mode = \"line\" needs \"measurement\""),
+                    )
+                    .hint("e.g. measurement = \"temp_hum\"");
+                    None
+                }
+            };
+            let mut fields = Vec::new();
+            match &s.fields {
+                Some(f) if !f.is_empty() => {
+                    for (k, text) in f {
+                        match template(self, "fields", text) {
+                            Some(t) => fields.push((k.clone(), t)),
+                            None => ok = false,
+                        }
+                    }
+                }
+                _ => {
+                    self.error(
+                        &at!["sinks", name],
+                        format!(
+                            "{label} with mode = \"line\" needs at least one entry in \"fields\""
+                        ),
+                    )
+                    .hint("e.g. fields = { temp = \"${temp}\", hum = \"${hum}\" }");
+                    ok = false;
+                }
+            }
+            let mut tags = Vec::new();
+            match &s.tags {
+                None => {}
+                Some(TagsSpec::Named(named)) => {
+                    for (k, text) in named {
+                        match template(self, "tags", text) {
+                            Some(t) => tags.push((k.clone(), t)),
+                            None => ok = false,
+                        }
+                    }
+                }
+                Some(TagsSpec::Values(_)) => {
+                    let what = self.value_label(&sub("tags"));
+                    self.error(
+                        &sub("tags"),
+                        format!("{what} must name its tags in mode = \"line\""),
+                    )
+                    .hint("write tags = { client = \"${clientid}\" }");
+                    ok = false;
+                }
+            }
+            let nanoseconds = match s.precision.as_deref() {
+                None | Some("ms") => false,
+                Some("ns") => true,
+                Some("us") => {
+                    let what = self.value_label(&sub("precision"));
+                    self.error(&sub("precision"), format!("{what}: microseconds are not supported in line mode"))
+                        .hint("the taos crate (0.12.3) sends \"us\", which taosAdapter rejects: use \"ms\" or \"ns\"");
+                    ok = false;
+                    false
+                }
+                Some(_) => {
+                    let what = self.value_label(&sub("precision"));
+                    let written = self.written(&sub("precision"));
+                    self.error(
+                        &sub("precision"),
+                        format!("{what} is {written}, not \"ms\" or \"ns\""),
+                    );
+                    ok = false;
+                    false
+                }
+            };
+            TdengineMode::Line(LineTemplate {
+                measurement: measurement?,
+                tags,
+                fields,
+                nanoseconds,
+            })
+        } else {
+            let table_form = ["stable", "table", "values", "columns"]
+                .iter()
+                .any(|k| present(k));
+            let (sql, key) = match (&s.sql, table_form) {
+                (Some(_), true) => {
+                    let span = self.key_span(&sub("sql"));
+                    self.r
+                        .error(span, format!("{label} has both \"sql\" and the super-table options"))
+                        .hint("write the whole statement in sql, or use stable, table, tags and values without sql");
+                    return None;
+                }
+                (Some(sql), false) => (sql.clone(), "sql"),
+                (None, true) => {
+                    let mut missing = Vec::new();
+                    for k in ["stable", "table", "values"] {
+                        if !present(k) {
+                            missing.push(k);
+                        }
+                    }
+                    let tags = match &s.tags {
+                        Some(TagsSpec::Values(v)) if !v.is_empty() => v.clone(),
+                        _ => {
+                            missing.push("tags");
+                            Vec::new()
+                        }
+                    };
+                    if !missing.is_empty() {
+                        self.error(&at!["sinks", name], format!("{label}: the super-table form also needs {}", missing.join(", ")))
+                            .hint("e.g. stable = \"iot.meters\", table = \"iot.d_${clientid}\", tags = [\"'${clientid}'\"], values = \"(${ts}, ${temp})\"");
+                        return None;
+                    }
+                    let mut sql = format!(
+                        "INSERT INTO {} USING {} TAGS ({})",
+                        s.table.as_deref().unwrap_or(""),
+                        s.stable.as_deref().unwrap_or(""),
+                        tags.join(", ")
+                    );
+                    if let Some(c) = &s.columns {
+                        sql.push(' ');
+                        sql.push_str(c);
+                    }
+                    sql.push_str(" VALUES ");
+                    sql.push_str(s.values.as_deref().unwrap_or(""));
+                    (sql, "values")
+                }
+                (None, false) => {
+                    self.error(&at!["sinks", name], format!("{label} needs \"sql\" (or the super-table options)"))
+                        .hint("e.g. sql = \"INSERT INTO iot_data.temp_hum(ts, temp, hum, clientid) VALUES (${ts}, ${temp}, ${hum}, '${clientid}')\"");
+                    return None;
+                }
+            };
+            // Template syntax, reported at the key it is written in.
+            let whole = if key == "sql" {
+                template(self, "sql", &sql)?
+            } else {
+                let mut all = None;
+                for k in ["table", "values", "stable"] {
+                    if let Some(text) = match k {
+                        "table" => s.table.as_deref(),
+                        "values" => s.values.as_deref(),
+                        _ => s.stable.as_deref(),
+                    } {
+                        all = template(self, k, text).or(all);
+                    }
+                }
+                if let Some(TagsSpec::Values(v)) = &s.tags {
+                    for text in v {
+                        template(self, "tags", text)?;
+                    }
+                }
+                all?;
+                Template::parse(&sql).ok()?
+            };
+            match SqlTemplate::parse(whole.source()) {
+                Ok(t) => TdengineMode::Sql(t),
+                Err(e) => {
+                    let what = self.value_label(&sub(key));
+                    self.error(&sub(key), format!("{what}: {e}"))
+                        .hint("write INSERT INTO <table> [USING <stable> TAGS (...)] [(columns)] VALUES (...)");
+                    return None;
+                }
+            }
+        };
+        if !ok {
+            return None;
+        }
+        Some(SinkKind::Tdengine {
+            dsn: Secret::new(s.dsn.clone()),
+            mode,
+            auto_create: s.auto_create.clone().unwrap_or_default(),
+            timeout: timeout?,
+            health_check_interval: interval?,
+        })
+    }
+
+    /// Checks a TDengine DSN's scheme and token. Messages quote the
+    /// manifest's text, never the resolved value.
+    fn tdengine_dsn(&mut self, path: &[Seg], dsn: &str) -> bool {
+        let what = self.value_label(path);
+        let written = self.written(path);
+        let scheme = dsn.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let tls = match scheme.as_deref() {
+            Some("ws" | "http" | "taos+ws" | "taosws") => false,
+            Some("wss" | "https" | "taos+wss" | "taoswss") => true,
+            _ => {
+                self.error(path, format!("{what} is not a TDengine WebSocket DSN: {written}"))
+                    .hint("write ws://user:password@host:6041, wss://…, or wss://host?token=… for TDengine Cloud");
+                return false;
+            }
+        };
+        if dsn.contains("token=") && !tls {
+            self.error(path, format!("{what} sends a token over plain ws://"))
+                .hint("TDengine Cloud needs wss://host?token=…");
+            return false;
+        }
+        true
     }
 
     fn driver(
@@ -1476,27 +1761,24 @@ impl<'a, 's> Validator<'a, 's> {
                 .error(span, format!("a {kind_text} window needs \"{key}\""))
                 .hint(format!("e.g. {key} = {example}"));
         };
-        let positive = |this: &mut Self,
-                        key: &str,
-                        text: &Option<super::manifest::DurationText>|
-         -> Option<Option<i64>> {
-            let Some(text) = text else { return Some(None) };
-            let d = this.duration(&p(key), &text.0)?;
-            if d.is_zero() {
-                let what = this.value_label(&p(key));
-                this.error(&p(key), format!("{what} must be more than 0"));
-                return None;
-            }
-            Some(Some(d.as_millis() as i64))
-        };
-        // A bad duration is reported and counts as absent from here on.
-        let mut checked =
-            |this: &mut Self, key: &str, text: &Option<super::manifest::DurationText>| {
-                positive(this, key, text).unwrap_or_else(|| {
-                    ok = false;
-                    None
-                })
+        let positive =
+            |this: &mut Self, key: &str, text: &Option<DurationText>| -> Option<Option<i64>> {
+                let Some(text) = text else { return Some(None) };
+                let d = this.duration(&p(key), &text.0)?;
+                if d.is_zero() {
+                    let what = this.value_label(&p(key));
+                    this.error(&p(key), format!("{what} must be more than 0"));
+                    return None;
+                }
+                Some(Some(d.as_millis() as i64))
             };
+        // A bad duration is reported and counts as absent from here on.
+        let mut checked = |this: &mut Self, key: &str, text: &Option<DurationText>| {
+            positive(this, key, text).unwrap_or_else(|| {
+                ok = false;
+                None
+            })
+        };
         let size_bad = spec.size.is_some();
         let gap_bad = spec.gap.is_some();
         let size = checked(self, "size", &spec.size);

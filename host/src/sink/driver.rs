@@ -152,6 +152,11 @@ impl SinkHandle {
         self.inner.health.check().await
     }
 
+    /// How often the health check should run.
+    pub fn healthcheck_interval(&self) -> Duration {
+        self.inner.health.interval()
+    }
+
     /// The outcome of the latest write, updated as writes finish.
     pub fn write_health(&self) -> watch::Receiver<WriteHealth> {
         self.inner.writes.clone()
@@ -268,6 +273,10 @@ struct HealthOf<S>(Arc<Shared<S>>);
 impl<S: Sink> super::Health for HealthOf<S> {
     fn check(&self) -> super::HealthFuture<'_> {
         Box::pin(self.0.sink.healthcheck())
+    }
+
+    fn interval(&self) -> Duration {
+        self.0.sink.healthcheck_interval()
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! The rest of weir sees a sink only through [`SinkHandle::send`] and
 //! [`RunningSink::shutdown`]. [`start`] builds the built-in sinks from their
-//! config: [`console`], [`file`], [`mqtt`], [`null`], [`tablestore`]; new sinks implement
+//! config: [`console`], [`file`], [`mqtt`], [`null`], [`tablestore`],
+//! [`tdengine`]; new sinks implement
 //! [`Sink`] and call [`driver::spawn`].
 //!
 //! What a `Sink` must never do: retry, sleep, buffer across writes, or touch
@@ -26,6 +27,7 @@ pub mod file;
 pub mod mqtt;
 pub mod null;
 pub mod tablestore;
+pub mod tdengine;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -144,6 +146,11 @@ pub trait Sink: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// How often [`report_health`] runs [`Sink::healthcheck`].
+    fn healthcheck_interval(&self) -> std::time::Duration {
+        HEALTHCHECK_INTERVAL
+    }
+
     /// Called once, after the last write, when the sink shuts down: close
     /// connections politely, stop background tasks.
     fn close(&self) -> impl Future<Output = ()> + Send {
@@ -206,10 +213,20 @@ pub fn start(
                 .with_undefined_as_null(driver.undefined_vars_as_null);
             spawn(name, sink, driver, dead_letter)
         }
+        SinkKind::Tdengine { .. } => {
+            let settings = tdengine_settings(config).expect("a tdengine sink");
+            spawn(
+                name,
+                tdengine::TdengineSink::new(settings),
+                driver,
+                dead_letter,
+            )
+        }
     })
 }
 
-/// How often [`report_health`] runs a sink's health check.
+/// How often [`report_health`] runs a sink's health check, unless the sink
+/// says otherwise.
 pub const HEALTHCHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest a health check may take before it counts as failed.
@@ -217,12 +234,12 @@ pub const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// Keeps sink `handle`'s entry in the `/health` registry current, until
 /// the sink shuts down: its health check at once and every
-/// [`HEALTHCHECK_INTERVAL`], and the verdict of every write as it comes.
+/// [`Sink::healthcheck_interval`], and the verdict of every write as it comes.
 /// A change of state is logged once, not on every check.
 pub async fn report_health(handle: SinkHandle, health: crate::health::Health) {
     let name = handle.name().to_owned();
     let mut writes = handle.write_health();
-    let mut tick = tokio::time::interval(HEALTHCHECK_INTERVAL);
+    let mut tick = tokio::time::interval(handle.healthcheck_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy: Option<bool> = None;
     loop {
@@ -272,13 +289,54 @@ pub async fn report_health(handle: SinkHandle, health: crate::health::Health) {
 pub async fn preflight(config: &SinkConfig) -> anyhow::Result<()> {
     match &config.kind {
         SinkKind::Tablestore(ts) => tablestore::TablestoreSink::new(ts)?.preflight().await,
+        SinkKind::Tdengine { .. } => {
+            let settings = tdengine_settings(config).expect("a tdengine sink");
+            let name = &config.name;
+            match tdengine::TdengineSink::check(&settings).await {
+                Ok(version) => {
+                    tracing::info!(sink = %name, server = %settings.shown, version = %version, "Connected to TDengine.");
+                }
+                Err(e) if e.is_auth() => anyhow::bail!(
+                    "TDengine at {} refused the credentials: {e}; check the user and password (or the Cloud token) of the dsn",
+                    settings.shown
+                ),
+                Err(e) => {
+                    tracing::warn!(sink = %name, server = %settings.shown, error = %e, "TDengine is not reachable yet; writes will retry.");
+                }
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
+}
+
+/// The settings of a `tdengine` sink; `None` for other sinks.
+fn tdengine_settings(config: &SinkConfig) -> Option<tdengine::TdengineSettings> {
+    let SinkKind::Tdengine {
+        dsn,
+        mode,
+        auto_create,
+        timeout,
+        health_check_interval,
+    } = &config.kind
+    else {
+        return None;
+    };
+    Some(tdengine::TdengineSettings::new(
+        &config.name,
+        dsn,
+        mode,
+        auto_create,
+        *timeout,
+        *health_check_interval,
+        &config.driver,
+    ))
 }
 
 /// The erased health check a [`SinkHandle`] carries.
 trait Health: Send + Sync {
     fn check(&self) -> HealthFuture<'_>;
+    fn interval(&self) -> std::time::Duration;
 }
 
 type HealthFuture<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
