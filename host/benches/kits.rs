@@ -53,8 +53,8 @@ fn messages() -> Vec<Message> {
     (0..BATCH)
         .map(|i| {
             let payload = format!(
-                r#"{{"device":"d{i:03}","temp":{},"hum":{},"site":"north-field-7","seq":{i:06}}}"#,
-                10 + (i % 20),
+                r#"{{"device":"d{i:03}","temp":{},"hum":{},"site":"north-field-7","seq":{i}}}"#,
+                12 + (i % 2) * 10 + i % 5,
                 40 + i % 7
             );
             Message::new(

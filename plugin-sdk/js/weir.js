@@ -26,6 +26,16 @@ const NEW_TIMESTAMP = 8;
 
 function utf8Encode(text) {
   if (typeof TextEncoder !== "undefined") return new TextEncoder().encode(text);
+  // QuickJS has no TextEncoder. ASCII (the common case) maps byte for byte.
+  let ascii = true;
+  for (let i = 0; i < text.length; i++) {
+    if (text.charCodeAt(i) >= 0x80) { ascii = false; break; }
+  }
+  if (ascii) {
+    const out = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+    return out;
+  }
   const out = [];
   for (let i = 0; i < text.length; i++) {
     let c = text.codePointAt(i);
@@ -38,8 +48,22 @@ function utf8Encode(text) {
   return Uint8Array.from(out);
 }
 
+const CHUNK = 4096;
+
 function utf8Decode(bytes, start, end) {
   if (typeof TextDecoder !== "undefined") return new TextDecoder().decode(bytes.subarray(start, end));
+  // QuickJS has no TextDecoder. ASCII (the common case) converts in chunks.
+  let ascii = true;
+  for (let i = start; i < end; i++) {
+    if (bytes[i] >= 0x80) { ascii = false; break; }
+  }
+  if (ascii) {
+    let s = "";
+    for (let i = start; i < end; i += CHUNK) {
+      s += String.fromCharCode.apply(null, bytes.subarray(i, Math.min(end, i + CHUNK)));
+    }
+    return s;
+  }
   let s = "";
   for (let i = start; i < end; ) {
     const b = bytes[i++];

@@ -297,7 +297,9 @@ fn project_files(args: &NewArgs) -> anyhow::Result<Vec<(PathBuf, String)>> {
             format!("target/wasm32-wasip2/release/{module}.wasm"),
             "cargo build --release --target wasm32-wasip2".into(),
             "Rust 1.95 or later and the WebAssembly target: `rustup target add \
-                 wasm32-wasip2`. Dependencies come from crates.io."
+                 wasm32-wasip2`. Dependencies come from crates.io; until `weir-sdk` is \
+                 published there, create the project with `weir new --sdk-path \
+                 <weir checkout>/plugin-sdk`, which depends on it by path."
                 .into(),
             vec![
                 (
