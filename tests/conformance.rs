@@ -769,3 +769,47 @@ fn weir_new_refuses_a_bad_name_and_an_existing_folder() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
+
+/// `weir plugin test` on an aggregate plugin needs a valid `--window`, and
+/// says so; a transform refuses one.
+#[test]
+fn plugin_test_asks_for_a_window_only_where_one_applies() {
+    let case = Case::load("aggregate");
+    let run = |component: &Path, window: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("--cache-dir")
+            .arg(weir_cache())
+            .args(["plugin", "test"])
+            .arg(component)
+            .arg("--input")
+            .arg(case.dir.join("input.jsonl"))
+            .args(["--config", "field=\"v\""]);
+        if let Some(window) = window {
+            cmd.args(["--window", window]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let sum = plugin("rust", "sum").unwrap();
+    let (code, err) = run(sum, None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("aggregate plugin") && err.contains("--window"),
+        "{err}"
+    );
+    let (code, err) = run(sum, Some(r#"kind = "count""#));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--window is not a valid window") && err.contains("count"),
+        "{err}"
+    );
+    let (code, err) = run(
+        plugin("rust", "filter").unwrap(),
+        Some(r#"kind = "count", count = 2"#),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("aggregate plugins only"), "{err}");
+}
