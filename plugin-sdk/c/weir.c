@@ -1,7 +1,8 @@
 /*
  * weir.c: the C kit (see weir.h). It owns two things:
  *
- * 1. The WIT exports of world `transformer` (metadata, init, process) over
+ * 1. The WIT exports of world `transformer` (metadata, init, process, with
+ *    a filter's weir_filter or a map's weir_transform and weir_emit) over
  *    the wit-bindgen-c bindings, following their ownership rules: an
  *    export's arguments belong to the callee, which frees them; its return
  *    value is malloc'd here and freed by the generated `*_post_return`
@@ -18,7 +19,18 @@
  * failure aborts (the host then rebuilds the instance).
  */
 #include "weir.h"
+
+/* One kit, two worlds: the bindings of `aggregator` when built with
+ * -DWEIR_AGGREGATOR, else those of `transformer`. Both share the types and
+ * host interfaces; only the world's prefix differs. */
+#ifdef WEIR_AGGREGATOR
+#include "aggregator.h"
+#define WIT(name) aggregator_##name
+#else
 #include "transformer.h"
+#define WIT(name) transformer_##name
+#endif
+typedef WIT(string_t) wit_string_t;
 
 #include <math.h>
 #include <stdarg.h>
@@ -103,11 +115,11 @@ weir_status weir_errorf(weir_string *error, const char *format, ...) {
 }
 
 /* Moves a plugin's error into a WIT string, with a fallback text. */
-static transformer_string_t take_error(weir_string *error, const char *fallback) {
-    transformer_string_t out;
+static wit_string_t take_error(weir_string *error, const char *fallback) {
+    wit_string_t out;
     if (error->len == 0) {
         free(error->ptr);
-        transformer_string_dup(&out, fallback);
+        WIT(string_dup)(&out, fallback);
     } else {
         make_utf8(error->ptr, error->len);
         out.ptr = (uint8_t *)error->ptr;
@@ -118,9 +130,17 @@ static transformer_string_t take_error(weir_string *error, const char *fallback)
     return out;
 }
 
+void weir_string_set(weir_string *out, const char *text, size_t len) {
+    out->ptr = malloc(len + 1);
+    if (!out->ptr) abort();
+    memcpy(out->ptr, text, len);
+    out->ptr[len] = '\0';
+    out->len = len;
+}
+
 void weir_log(weir_log_level level, const char *message) {
-    transformer_string_t text = {(uint8_t *)message, strlen(message)};
-    transformer_list_tuple2_string_string_t no_fields = {NULL, 0};
+    wit_string_t text = {(uint8_t *)message, strlen(message)};
+    WIT(list_tuple2_string_string_t) no_fields = {NULL, 0};
     weir_plugin_host_log((weir_plugin_host_level_t)level, &text, &no_fields);
 }
 
@@ -136,6 +156,22 @@ static bool field_part(const unsigned char **p, size_t *left, weir_bytes *out) {
     *p += 4 + n;
     *left -= 4 + n;
     return true;
+}
+
+bool weir_message_next_field(const weir_message *msg, size_t *cursor, weir_field *field) {
+    const unsigned char *p;
+    size_t left;
+    if (*cursor > msg->fields.len) return false;
+    p = (const unsigned char *)msg->fields.ptr + *cursor;
+    left = msg->fields.len - *cursor;
+    if (!field_part(&p, &left, &field->key) || !field_part(&p, &left, &field->value)) return false;
+    *cursor = msg->fields.len - left;
+    return true;
+}
+
+weir_bytes weir_str(const char *text) {
+    weir_bytes out = {text, text ? strlen(text) : 0};
+    return out;
 }
 
 bool weir_message_field(const weir_message *msg, const char *key, weir_bytes *value) {
@@ -158,11 +194,11 @@ bool weir_message_field(const weir_message *msg, const char *key, weir_bytes *va
 static bool initialised;
 
 /* A heap copy (post-return frees it) of a possibly NULL C string. */
-static void copy_string(transformer_string_t *out, const char *text) {
-    transformer_string_dup(out, text ? text : "");
+static void copy_string(wit_string_t *out, const char *text) {
+    WIT(string_dup)(out, text ? text : "");
 }
 
-void exports_weir_plugin_transform_metadata(weir_plugin_types_metadata_t *ret) {
+static void fill_metadata(weir_plugin_types_metadata_t *ret) {
     size_t n = weir_plugin.config_key_count;
     copy_string(&ret->name, weir_plugin.name);
     copy_string(&ret->version, weir_plugin.version);
@@ -178,7 +214,7 @@ void exports_weir_plugin_transform_metadata(weir_plugin_types_metadata_t *ret) {
     }
 }
 
-bool exports_weir_plugin_transform_init(transformer_string_t *config, transformer_string_t *err) {
+static bool run_init(wit_string_t *config, wit_string_t *err) {
     weir_string error = {NULL, 0};
     weir_status status;
     size_t len = config->len, i;
@@ -198,7 +234,7 @@ bool exports_weir_plugin_transform_init(transformer_string_t *config, transforme
     initialised = status == WEIR_OK;
     if (initialised) free(error.ptr);
     else *err = take_error(&error, "init failed");
-    transformer_string_free(config);
+    WIT(string_free)(config);
     return initialised;
 }
 
@@ -222,6 +258,131 @@ static bool view(const weir_plugin_types_batch_t *batch, const uint32_t *w, weir
     return true;
 }
 
+/* Where a map's or flat-map's outputs go: the outcome's words, and its
+ * data buffer grown as parts are copied in. */
+struct weir_emitter {
+    weir_plugin_types_outcome_t *ret;
+    size_t word_cap;
+    size_t data_cap;
+    uint32_t input;
+};
+
+static void reserve_words(weir_emitter *e, size_t more) {
+    size_t need = e->ret->emitted.len + more;
+    if (need <= e->word_cap) return;
+    e->word_cap = need > 2 * e->word_cap ? need : 2 * e->word_cap;
+    void *grown = realloc(e->ret->emitted.ptr, e->word_cap * sizeof *e->ret->emitted.ptr);
+    if (!grown) abort();
+    e->ret->emitted.ptr = grown;
+}
+
+/* Appends bytes to the outcome's data; returns their offset. */
+static uint32_t put(weir_emitter *e, const void *bytes, size_t len) {
+    size_t at = e->ret->data.len;
+    if (at + len > e->data_cap) {
+        e->data_cap = at + len > 2 * e->data_cap ? at + len : 2 * e->data_cap;
+        void *grown = realloc(e->ret->data.ptr, e->data_cap);
+        if (!grown) abort();
+        e->ret->data.ptr = grown;
+    }
+    if (len) memcpy(e->ret->data.ptr + at, bytes, len);
+    e->ret->data.len += len;
+    return (uint32_t)at;
+}
+
+static void put_u32(weir_emitter *e, size_t n) {
+    unsigned char le[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                           (unsigned char)(n >> 24)};
+    put(e, le, 4);
+}
+
+void weir_emit(weir_emitter *e, const weir_output *o) {
+    uint32_t *w;
+    reserve_words(e, OUTPUT_WORDS);
+    w = e->ret->emitted.ptr + e->ret->emitted.len;
+    memset(w, 0, OUTPUT_WORDS * sizeof *w);
+    w[0] = e->input;
+    if (o->topic.ptr) {
+        w[1] |= 1;
+        w[2] = put(e, o->topic.ptr, o->topic.len);
+        w[3] = (uint32_t)o->topic.len;
+    }
+    if (o->payload.ptr) {
+        w[1] |= 2;
+        w[4] = put(e, o->payload.ptr, o->payload.len);
+        w[5] = (uint32_t)o->payload.len;
+    }
+    if (o->set_fields) {
+        size_t start = e->ret->data.len;
+        for (size_t i = 0; i < o->field_count; i++) {
+            put_u32(e, o->fields[i].key.len);
+            put(e, o->fields[i].key.ptr, o->fields[i].key.len);
+            put_u32(e, o->fields[i].value.len);
+            put(e, o->fields[i].value.ptr, o->fields[i].value.len);
+        }
+        w[1] |= 4;
+        w[6] = (uint32_t)start;
+        w[7] = (uint32_t)(e->ret->data.len - start);
+    }
+    if (o->set_timestamp) {
+        w[1] |= 8;
+        w[8] = (uint32_t)((uint64_t)o->timestamp_ms & 0xFFFFFFFFu);
+        w[9] = (uint32_t)((uint64_t)o->timestamp_ms >> 32);
+    }
+    e->ret->emitted.len += OUTPUT_WORDS;
+}
+
+/* Message `i` of a batch, checked against the batch's bounds. */
+static weir_status read_message(const weir_plugin_types_batch_t *batch, size_t i,
+                                weir_message *msg, weir_string *error) {
+    const uint32_t *w = batch->events.ptr + i * EVENT_WORDS;
+    if (!initialised) return weir_error(error, "plugin is not initialised", NULL);
+    if (!view(batch, w + W_TOPIC, &msg->topic) || !view(batch, w + W_PAYLOAD, &msg->payload) ||
+        !view(batch, w + W_FIELDS, &msg->fields))
+        return weir_error(error, "message spans lie outside the batch data", NULL);
+    if (w[W_QOS] > 0xFF)
+        return weir_error(error, "host bug: the message's QoS word is more than a byte", NULL);
+    /* Two's complement, as every target of this kit has. */
+    msg->timestamp_ms = (int64_t)((uint64_t)w[W_TIMESTAMP + 1] << 32 | w[W_TIMESTAMP]);
+    msg->qos = (uint8_t)w[W_QOS];
+    return WEIR_OK;
+}
+
+/* Appends a failure of input `i` to an outcome's or a list's failures. */
+static void add_failure(weir_plugin_types_list_failure_t *failures, size_t *cap, size_t i,
+                        weir_string *error) {
+    if (failures->len == *cap) {
+        *cap = *cap ? 2 * *cap : 8;
+        void *grown = realloc(failures->ptr, *cap * sizeof *failures->ptr);
+        if (!grown) abort();
+        failures->ptr = grown;
+    }
+    failures->ptr[failures->len].input = (uint32_t)i;
+    failures->ptr[failures->len++].message = take_error(error, "plugin failed on this message");
+}
+
+/* Post-return frees only non-empty lists: an empty one holds no memory. */
+static void release_empty(weir_plugin_types_outcome_t *ret) {
+    if (ret->emitted.len == 0) {
+        free(ret->emitted.ptr);
+        ret->emitted.ptr = NULL;
+    }
+    if (ret->data.len == 0) {
+        free(ret->data.ptr);
+        ret->data.ptr = NULL;
+    }
+}
+
+#ifndef WEIR_AGGREGATOR
+
+void exports_weir_plugin_transform_metadata(weir_plugin_types_metadata_t *ret) {
+    fill_metadata(ret);
+}
+
+bool exports_weir_plugin_transform_init(wit_string_t *config, wit_string_t *err) {
+    return run_init(config, err);
+}
+
 void exports_weir_plugin_transform_process(weir_plugin_types_batch_t *batch,
                                            weir_plugin_types_outcome_t *ret) {
     size_t words = batch->events.len, failure_cap = 0;
@@ -229,60 +390,266 @@ void exports_weir_plugin_transform_process(weir_plugin_types_batch_t *batch,
      * the layout: every message fails, the torn one counted. */
     bool torn = words % EVENT_WORDS != 0;
     size_t n = words / EVENT_WORDS + torn;
+    weir_emitter emitter = {ret, n * OUTPUT_WORDS, 0, 0};
     memset(ret, 0, sizeof *ret);
     if (n > 0 && !(ret->emitted.ptr = malloc(n * OUTPUT_WORDS * sizeof *ret->emitted.ptr)))
         abort();
 
     for (size_t i = 0; i < n; i++) {
-        const uint32_t *w = batch->events.ptr + i * EVENT_WORDS;
         weir_message msg = {{NULL, 0}, {NULL, 0}, {NULL, 0}, 0, 0};
         weir_string error = {NULL, 0};
         weir_status status;
         bool keep = false;
-        if (!initialised)
-            status = weir_error(&error, "plugin is not initialised", NULL);
-        else if (torn)
+        if (torn)
             status = weir_error(&error, "host bug: the batch's event words are not a multiple of 10",
                                 NULL);
-        else if (!view(batch, w + W_TOPIC, &msg.topic) || !view(batch, w + W_PAYLOAD, &msg.payload) ||
-                 !view(batch, w + W_FIELDS, &msg.fields))
-            status = weir_error(&error, "message spans lie outside the batch data", NULL);
-        else if (w[W_QOS] > 0xFF)
-            status = weir_error(&error, "host bug: the message's QoS word is more than a byte", NULL);
-        else {
-            /* Two's complement, as every target of this kit has. */
-            msg.timestamp_ms = (int64_t)((uint64_t)w[W_TIMESTAMP + 1] << 32 | w[W_TIMESTAMP]);
-            msg.qos = (uint8_t)w[W_QOS];
-            status = weir_filter(&msg, &keep, &error);
+        else
+            status = read_message(batch, i, &msg, &error);
+        if (status == WEIR_OK) {
+            if (weir_transform) {
+                /* A failed message emits nothing: roll back its outputs. */
+                size_t words_before = ret->emitted.len, data_before = ret->data.len;
+                emitter.input = (uint32_t)i;
+                status = weir_transform(&msg, &emitter, &error);
+                if (status != WEIR_OK) {
+                    ret->emitted.len = words_before;
+                    ret->data.len = data_before;
+                }
+            } else if (weir_filter) {
+                status = weir_filter(&msg, &keep, &error);
+            } else {
+                status = weir_error(&error, "the plugin defines neither weir_filter nor weir_transform",
+                                    NULL);
+            }
         }
 
         if (status == WEIR_OK) {
             free(error.ptr);
             /* Flags 0, all parts the input's: the host passes it through. */
             if (keep) {
-                uint32_t *out = ret->emitted.ptr + ret->emitted.len;
+                uint32_t *out;
+                reserve_words(&emitter, OUTPUT_WORDS);
+                out = ret->emitted.ptr + ret->emitted.len;
                 memset(out, 0, OUTPUT_WORDS * sizeof *out);
                 out[0] = (uint32_t)i;
                 ret->emitted.len += OUTPUT_WORDS;
             }
             continue;
         }
-        if (ret->failures.len == failure_cap) {
-            failure_cap = failure_cap ? 2 * failure_cap : 8;
-            void *grown = realloc(ret->failures.ptr, failure_cap * sizeof *ret->failures.ptr);
-            if (!grown) abort();
-            ret->failures.ptr = grown;
-        }
-        ret->failures.ptr[ret->failures.len].input = (uint32_t)i;
-        ret->failures.ptr[ret->failures.len++].message =
-            take_error(&error, "plugin failed on this message");
+        add_failure(&ret->failures, &failure_cap, i, &error);
     }
-    if (ret->emitted.len == 0) { /* post-return frees only non-empty lists */
-        free(ret->emitted.ptr);
-        ret->emitted.ptr = NULL;
-    }
+    release_empty(ret);
     weir_plugin_types_batch_free(batch);
 }
+
+#else /* WEIR_AGGREGATOR */
+
+/* Accumulators by the host's ids: an open-addressing table of (id, state)
+ * with linear probing; a state is `weir_acc_size` bytes. */
+typedef struct {
+    uint32_t id;
+    bool used;
+    void *state;
+} acc_slot;
+
+static acc_slot *slots;
+static size_t slot_count, slot_cap;
+
+static size_t slot_of(uint32_t id) {
+    return (size_t)(id * 2654435761u) & (slot_cap - 1);
+}
+
+/* The slot holding `id`, or NULL. */
+static acc_slot *find_acc(uint32_t id) {
+    if (slot_cap == 0) return NULL;
+    for (size_t i = slot_of(id);; i = (i + 1) & (slot_cap - 1)) {
+        if (!slots[i].used) return NULL;
+        if (slots[i].id == id) return &slots[i];
+    }
+}
+
+static void *new_state(void) {
+    void *state = calloc(1, weir_acc_size ? weir_acc_size : 1);
+    if (!state) abort();
+    weir_acc_create(state);
+    return state;
+}
+
+static void insert_slot(uint32_t id, void *state) {
+    size_t i = slot_of(id);
+    while (slots[i].used) i = (i + 1) & (slot_cap - 1);
+    slots[i].id = id;
+    slots[i].used = true;
+    slots[i].state = state;
+    slot_count++;
+}
+
+/* The state of `id`, created empty on first use. */
+static void *get_acc(uint32_t id) {
+    acc_slot *slot = find_acc(id);
+    if (slot) return slot->state;
+    if (2 * (slot_count + 1) > slot_cap) {
+        acc_slot *old = slots;
+        size_t old_cap = slot_cap;
+        slot_cap = slot_cap ? 2 * slot_cap : 16;
+        slots = calloc(slot_cap, sizeof *slots);
+        if (!slots) abort();
+        slot_count = 0;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old[i].used) insert_slot(old[i].id, old[i].state);
+        free(old);
+    }
+    void *state = new_state();
+    insert_slot(id, state);
+    return state;
+}
+
+/* Frees `id`'s state (backward-shift deletion keeps probe chains whole). */
+static void release_acc(uint32_t id) {
+    acc_slot *slot = find_acc(id);
+    if (!slot) return;
+    size_t i = (size_t)(slot - slots);
+    free(slot->state);
+    slots[i].used = false;
+    slot_count--;
+    for (size_t j = (i + 1) & (slot_cap - 1); slots[j].used; j = (j + 1) & (slot_cap - 1)) {
+        acc_slot moved = slots[j];
+        slots[j].used = false;
+        slot_count--;
+        insert_slot(moved.id, moved.state);
+    }
+}
+
+void exports_weir_plugin_aggregate_metadata(weir_plugin_types_metadata_t *ret) {
+    fill_metadata(ret);
+}
+
+bool exports_weir_plugin_aggregate_init(wit_string_t *config, wit_string_t *err) {
+    return run_init(config, err);
+}
+
+void exports_weir_plugin_aggregate_accumulate(weir_plugin_types_batch_t *batch,
+                                              aggregator_list_u32_t *targets,
+                                              exports_weir_plugin_aggregate_list_failure_t *ret) {
+    size_t n = batch->events.len / EVENT_WORDS, failure_cap = 0;
+    bool *failed = calloc(n ? n : 1, sizeof *failed);
+    void *scratch = malloc(weir_acc_size ? weir_acc_size : 1);
+    weir_plugin_types_list_failure_t failures = {NULL, 0};
+    if (!failed || !scratch) abort();
+    for (size_t t = 0; t + 1 < targets->len; t += 2) {
+        size_t i = targets->ptr[t];
+        weir_message msg = {{NULL, 0}, {NULL, 0}, {NULL, 0}, 0, 0};
+        weir_string error = {NULL, 0};
+        weir_status status;
+        void *state;
+        if (i >= n || failed[i]) continue;
+        state = get_acc(targets->ptr[t + 1]);
+        status = read_message(batch, i, &msg, &error);
+        if (status == WEIR_OK) {
+            /* On a copy: a refused message leaves the accumulator as it was. */
+            memcpy(scratch, state, weir_acc_size);
+            status = weir_acc_add(scratch, &msg, &error);
+            if (status == WEIR_OK) memcpy(state, scratch, weir_acc_size);
+        }
+        if (status == WEIR_OK) {
+            free(error.ptr);
+            continue;
+        }
+        failed[i] = true;
+        add_failure(&failures, &failure_cap, i, &error);
+    }
+    ret->ptr = failures.ptr;
+    ret->len = failures.len;
+    free(scratch);
+    free(failed);
+    weir_plugin_types_batch_free(batch);
+    aggregator_list_u32_free(targets);
+}
+
+void exports_weir_plugin_aggregate_merge(uint32_t target, uint32_t source) {
+    void *from = get_acc(source);
+    weir_acc_merge(get_acc(target), from);
+}
+
+void exports_weir_plugin_aggregate_finish(aggregator_list_u32_t *ids,
+                                          weir_plugin_types_batch_t *windows,
+                                          weir_plugin_types_outcome_t *ret) {
+    size_t n = windows->events.len / EVENT_WORDS, failure_cap = 0;
+    weir_emitter emitter = {ret, 0, 0, 0};
+    memset(ret, 0, sizeof *ret);
+    for (size_t i = 0; i < n && i < ids->len; i++) {
+        weir_message msg = {{NULL, 0}, {NULL, 0}, {NULL, 0}, 0, 0};
+        weir_string error = {NULL, 0}, result = {NULL, 0};
+        weir_status status = read_message(windows, i, &msg, &error);
+        void *state = get_acc(ids->ptr[i]);
+        if (status == WEIR_OK) {
+            weir_json_value root, value;
+            weir_window window = {0, 0, msg.topic, msg.fields};
+            double start = 0, end = 0;
+            if (weir_json_parse(msg.payload.ptr, msg.payload.len, &root) == WEIR_JSON_OK &&
+                weir_json_get(&root, "window_start", &value) == WEIR_JSON_OK &&
+                weir_json_number(&value, &start) == WEIR_JSON_OK &&
+                weir_json_get(&root, "window_end", &value) == WEIR_JSON_OK &&
+                weir_json_number(&value, &end) == WEIR_JSON_OK) {
+                window.start_ms = (int64_t)start;
+                window.end_ms = (int64_t)end;
+                status = weir_acc_finish(state, &window, &result, &error);
+            } else {
+                status = weir_error(&error, "host bug: the window message has no bounds", NULL);
+            }
+        }
+        if (status == WEIR_OK && result.ptr) {
+            weir_output o = {{NULL, 0}, {result.ptr, result.len}, false, NULL, 0, false, 0};
+            emitter.input = (uint32_t)i;
+            weir_emit(&emitter, &o);
+        }
+        free(result.ptr);
+        release_acc(ids->ptr[i]);
+        if (status == WEIR_OK) {
+            free(error.ptr);
+            continue;
+        }
+        add_failure(&ret->failures, &failure_cap, i, &error);
+    }
+    release_empty(ret);
+    aggregator_list_u32_free(ids);
+    weir_plugin_types_batch_free(windows);
+}
+
+void exports_weir_plugin_aggregate_discard(aggregator_list_u32_t *ids) {
+    for (size_t i = 0; i < ids->len; i++) release_acc(ids->ptr[i]);
+    aggregator_list_u32_free(ids);
+}
+
+/* A snapshot is "WAC1", the state's size as 4 bytes little endian, then
+ * the state's bytes. */
+bool exports_weir_plugin_aggregate_snapshot(uint32_t id, aggregator_list_u8_t *ret,
+                                            wit_string_t *err) {
+    void *state = get_acc(id);
+    size_t size = weir_acc_size;
+    (void)err;
+    ret->len = 8 + size;
+    ret->ptr = malloc(ret->len);
+    if (!ret->ptr) abort();
+    memcpy(ret->ptr, "WAC1", 4);
+    for (int b = 0; b < 4; b++) ret->ptr[4 + b] = (uint8_t)(size >> (8 * b));
+    memcpy(ret->ptr + 8, state, size);
+    return true;
+}
+
+bool exports_weir_plugin_aggregate_restore(uint32_t id, aggregator_list_u8_t *state,
+                                           wit_string_t *err) {
+    size_t size = 0;
+    bool ok = state->len >= 8 && memcmp(state->ptr, "WAC1", 4) == 0;
+    for (int b = 0; ok && b < 4; b++) size |= (size_t)state->ptr[4 + b] << (8 * b);
+    ok = ok && size == weir_acc_size && state->len == 8 + size;
+    if (ok) memcpy(get_acc(id), state->ptr + 8, size);
+    else WIT(string_dup)(err, "snapshot of another format or accumulator size");
+    aggregator_list_u8_free(state);
+    return ok;
+}
+
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* JSON reader                                                              */

@@ -1,5 +1,5 @@
 /*
- * weir.h: write a weir filter plugin in C.
+ * weir.h: write a weir filter, map or flat-map plugin in C.
  *
  * The kit implements the WIT exports of world `transformer`
  * (`weir:plugin@0.1.0`, see wit/plugin.wit) on top of the bindings that
@@ -19,6 +19,17 @@
  * (with a message, see weir_error) reports that one message as a failure;
  * the rest of the batch is unaffected. A kept message passes through
  * unchanged and costs no copy.
+ *
+ * A map or flat-map defines, instead of weir_filter,
+ *
+ *     weir_status weir_transform(const weir_message *msg, weir_emitter *out,
+ *                                weir_string *error);
+ *
+ * and calls weir_emit(out, &output) once (map) or any number of times
+ * (flat-map); parts of a weir_output left unset are the input's. On
+ * WEIR_ERROR the message's outputs are discarded and it is reported as
+ * failed. Aggregates (world `aggregator`) define weir_acc_* instead; see
+ * below.
  *
  * Plugin state: each plugin instance has its own linear memory, so plain
  * `static` variables set by `weir_init` are per instance. `weir_init` is
@@ -106,9 +117,90 @@ extern const weir_plugin_info weir_plugin;
  * config (set `error`); the instance is then not used. */
 weir_status weir_init(const char *config_json, size_t len, weir_string *error);
 
-/* Defined by the plugin: sets `*keep` (false on entry) for one message.
+/* Defined by a filter: sets `*keep` (false on entry) for one message.
  * WEIR_ERROR reports the message as failed, with `error` as the reason. */
-weir_status weir_filter(const weir_message *msg, bool *keep, weir_string *error);
+weir_status weir_filter(const weir_message *msg, bool *keep, weir_string *error)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((weak))
+#endif
+    ;
+
+/* Maps and flat-maps define weir_transform instead of weir_filter (and say
+ * WEIR_KIND_MAP or WEIR_KIND_FLAT_MAP in weir_plugin). It is called once
+ * per message and emits with weir_emit: a map exactly one output, a
+ * flat-map zero or more. On WEIR_ERROR whatever it emitted for that message
+ * is discarded and the message is reported as failed. */
+typedef struct weir_emitter weir_emitter;
+
+/* A field (key and value, UTF-8, not NUL-terminated). */
+typedef struct {
+    weir_bytes key;
+    weir_bytes value;
+} weir_field;
+
+/* One output. A part left unset is the input's: `topic.ptr` or
+ * `payload.ptr` NULL, `set_fields` or `set_timestamp` false. The kit copies
+ * everything during weir_emit. */
+typedef struct {
+    weir_bytes topic;
+    weir_bytes payload;
+    bool set_fields;           /* replace the field set with `fields` */
+    const weir_field *fields;
+    size_t field_count;
+    bool set_timestamp;
+    int64_t timestamp_ms;
+} weir_output;
+
+weir_status weir_transform(const weir_message *msg, weir_emitter *out, weir_string *error)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((weak))
+#endif
+    ;
+
+/* Emits one output for the current message. */
+void weir_emit(weir_emitter *out, const weir_output *output);
+
+/* ------------------------------------------------------------------------ */
+/* Aggregates (world `aggregator`; compile the kit with -DWEIR_AGGREGATOR)  */
+/* ------------------------------------------------------------------------ */
+
+/* The host owns windows and time; the plugin owns the arithmetic on
+ * fixed-size accumulators, which the kit allocates, copies and snapshots
+ * (as their bytes, so they hold no pointers). An aggregate defines
+ * weir_plugin (kind WEIR_KIND_AGGREGATE), weir_init, and: */
+
+/* Bytes of one accumulator. */
+extern const size_t weir_acc_size;
+
+/* Sets up a new, empty accumulator (the memory is zeroed first). */
+void weir_acc_create(void *acc);
+
+/* Folds one message in. On WEIR_ERROR the message fails and the
+ * accumulator is left as it was (the kit works on a copy). */
+weir_status weir_acc_add(void *acc, const weir_message *msg, weir_string *error);
+
+/* Folds `from` into `into`. */
+void weir_acc_merge(void *into, const void *from);
+
+/* The window an accumulator belongs to. */
+typedef struct {
+    int64_t start_ms;
+    int64_t end_ms;
+    weir_bytes topic;  /* of the window's first message */
+    weir_bytes fields; /* the group key, read it with weir_message_field */
+} weir_window;
+
+/* The window's result: a JSON object in `*result` (set it with
+ * weir_string_set), or nothing for no output. WEIR_ERROR fails that
+ * window's output only. */
+weir_status weir_acc_finish(const void *acc, const weir_window *window, weir_string *result,
+                            weir_string *error);
+
+/* Sets `out` to a heap copy of `len` bytes of `text`. */
+void weir_string_set(weir_string *out, const char *text, size_t len);
+
+/* A byte range from a C string (NULL stays NULL). */
+weir_bytes weir_str(const char *text);
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -135,6 +227,10 @@ weir_status weir_errorf(weir_string *error, const char *format, ...)
 /* Looks up `key` in the message's field set (topic captures such as
  * `device`). Returns false when the field is absent. */
 bool weir_message_field(const weir_message *msg, const char *key, weir_bytes *value);
+
+/* Steps through the message's fields in order: start with `*cursor = 0`;
+ * false after the last one. */
+bool weir_message_next_field(const weir_message *msg, size_t *cursor, weir_field *field);
 
 /* Logs a UTF-8 message through the host, tagged with the plugin's name. */
 typedef enum {

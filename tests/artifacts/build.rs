@@ -34,8 +34,8 @@ use std::process::{Command, Stdio};
 
 /// One guest component this crate provides.
 struct Guest {
-    /// Package name for a Rust guest; folder name under `plugins/` for a C
-    /// guest. Also the name in `ALL`.
+    /// Package name for a Rust guest; the component's name for a C guest.
+    /// Also the name in `ALL`.
     name: &'static str,
     lang: Lang,
     /// Doc comment of the generated constant.
@@ -45,8 +45,12 @@ struct Guest {
 enum Lang {
     /// A workspace member built by the nested cargo (a `cdylib`).
     Rust,
-    /// Every `.c` file of `plugins/<name>/`, linked with the C kit.
-    C,
+    /// Every `.c` file of a folder (relative to the workspace root), linked
+    /// with the C kit, for a world of `wit/plugin.wit`.
+    C {
+        dir: &'static str,
+        world: &'static str,
+    },
 }
 
 /// Every guest, in the order of the generated constants and of `ALL`.
@@ -58,7 +62,10 @@ const GUESTS: &[Guest] = &[
     },
     Guest {
         name: "threshold-c",
-        lang: Lang::C,
+        lang: Lang::C {
+            dir: "plugins/threshold-c",
+            world: "transformer",
+        },
         doc: "`plugins/threshold-c`: the C twin of [`THRESHOLD`], same semantics, built with clang and the C kit.",
     },
     Guest {
@@ -117,6 +124,45 @@ const GUESTS: &[Guest] = &[
         doc: "`tests/guests/tag-refuse`: a transform whose `init` refuses every config.",
     },
     Guest {
+        name: "conf-map",
+        lang: Lang::Rust,
+        doc: "`tests/conformance/plugins/rust/map`: the conformance map (Rust twin of the JS, Python and C ones).",
+    },
+    Guest {
+        name: "conf-split",
+        lang: Lang::Rust,
+        doc: "`tests/conformance/plugins/rust/split`: the conformance flat-map.",
+    },
+    Guest {
+        name: "conf-map-c",
+        lang: Lang::C {
+            dir: "tests/conformance/plugins/c/map",
+            world: "transformer",
+        },
+        doc: "`tests/conformance/plugins/c/map`: the conformance map in C (the C kit's `weir_transform`).",
+    },
+    Guest {
+        name: "conf-split-c",
+        lang: Lang::C {
+            dir: "tests/conformance/plugins/c/split",
+            world: "transformer",
+        },
+        doc: "`tests/conformance/plugins/c/split`: the conformance flat-map in C.",
+    },
+    Guest {
+        name: "conf-sum-c",
+        lang: Lang::C {
+            dir: "tests/conformance/plugins/c/sum",
+            world: "aggregator",
+        },
+        doc: "`tests/conformance/plugins/c/sum`: the conformance aggregate in C (the C kit's aggregator world).",
+    },
+    Guest {
+        name: "conf-sum",
+        lang: Lang::Rust,
+        doc: "`tests/conformance/plugins/rust/sum`: the conformance aggregate (world `aggregator`).",
+    },
+    Guest {
         name: "layout-probe",
         lang: Lang::Rust,
         doc: "`tests/guests/layout-probe`: benchmark guest taking batches in three layouts (exports another world).",
@@ -153,9 +199,6 @@ const HOST_ONLY_ENV: &[&str] = &[
 /// inherits `release`.
 const HOST_ONLY_ENV_PREFIXES: &[&str] = &["CARGO_PROFILE_"];
 
-/// The world every transformer plugin targets (`wit/plugin.wit`).
-const WIT_WORLD: &str = "transformer";
-
 /// What to install when the C toolchain is missing (Debian package names).
 const C_TOOLCHAIN_HINT: &str = "install the C toolchain for wasm32-wasi with \
      `apt-get install -y clang lld wasi-libc libclang-rt-dev-wasm32` \
@@ -185,6 +228,7 @@ fn run() -> Result<()> {
         "plugin-sdk",
         "plugins",
         "tests/guests",
+        "tests/conformance/plugins",
         "Cargo.toml",
         "Cargo.lock",
     ] {
@@ -201,8 +245,8 @@ fn run() -> Result<()> {
                 .find(|(name, _)| *name == guest.name)
                 .map(|(_, path)| path.clone())
                 .expect("every Rust guest has a path"),
-            Lang::C => build_c_guest(&root, &out_dir, guest.name)
-                .with_context(|| format!("building the C guest `plugins/{}`", guest.name))?,
+            Lang::C { dir, world } => build_c_guest(&root, &out_dir, guest.name, dir, world)
+                .with_context(|| format!("building the C guest `{dir}`"))?,
         };
         built.push((guest, path));
     }
@@ -309,14 +353,20 @@ fn host_denies_warnings() -> bool {
     flags.contains(&"-Dwarnings") || flags.windows(2).any(|pair| pair == ["-D", "warnings"])
 }
 
-/// Step 2: builds `plugins/<name>/*.c` with the C kit into
-/// `$OUT_DIR/<name with _>.wasm` and returns that path.
-fn build_c_guest(root: &Path, out_dir: &Path, name: &str) -> Result<PathBuf> {
+/// Step 2: builds `<dir>/*.c` with the C kit into `$OUT_DIR/<name with
+/// _>.wasm` and returns that path.
+fn build_c_guest(
+    root: &Path,
+    out_dir: &Path,
+    name: &str,
+    dir: &str,
+    world: &str,
+) -> Result<PathBuf> {
     let work = out_dir.join(name);
     let bindings = work.join("bindings");
-    generate_c_bindings(&root.join("wit"), WIT_WORLD, &bindings)?;
+    generate_c_bindings(&root.join("wit"), world, &bindings)?;
 
-    let plugin_dir = root.join("plugins").join(name);
+    let plugin_dir = root.join(dir);
     let kit_dir = root.join("plugin-sdk/c");
     let mut sources = c_files(&plugin_dir)?;
     ensure!(
@@ -325,12 +375,19 @@ fn build_c_guest(root: &Path, out_dir: &Path, name: &str) -> Result<PathBuf> {
         plugin_dir.display()
     );
     sources.push(kit_dir.join("weir.c"));
-    sources.push(bindings.join(format!("{WIT_WORLD}.c")));
-    sources.push(bindings.join(format!("{WIT_WORLD}_component_type.o")));
+    sources.push(bindings.join(format!("{world}.c")));
+    sources.push(bindings.join(format!("{world}_component_type.o")));
 
     let core = work.join("core.wasm");
     let clang = WasiClang::find()?;
-    clang.link_reactor(&sources, &[&bindings, &kit_dir], &core)?;
+    // The kit builds for either world: `WEIR_AGGREGATOR` selects the
+    // aggregate exports over the `aggregator` bindings.
+    let defines: &[&str] = if world == "aggregator" {
+        &["-DWEIR_AGGREGATOR"]
+    } else {
+        &[]
+    };
+    clang.link_reactor(&sources, &[&bindings, &kit_dir], defines, &core)?;
 
     let component = out_dir.join(format!("{}.wasm", name.replace('-', "_")));
     componentize(&core, &component)?;
@@ -442,7 +499,13 @@ impl WasiClang {
 
     /// Compiles and links `inputs` into a reactor core module (exports
     /// `_initialize`, no `main`). Compiler warnings become cargo warnings.
-    fn link_reactor(&self, inputs: &[PathBuf], include: &[&Path], out: &Path) -> Result<()> {
+    fn link_reactor(
+        &self,
+        inputs: &[PathBuf],
+        include: &[&Path],
+        defines: &[&str],
+        out: &Path,
+    ) -> Result<()> {
         let mut cmd = self.command();
         cmd.args([
             "-O2",
@@ -454,6 +517,7 @@ impl WasiClang {
         for dir in include {
             cmd.arg("-I").arg(dir);
         }
+        cmd.args(defines);
         cmd.arg("-o").arg(out).args(inputs);
         eprintln!("running: {cmd:?}");
         let output = cmd

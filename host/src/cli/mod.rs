@@ -6,6 +6,7 @@
 //! Errors are one line on stderr, starting with `error: `.
 
 mod demo;
+mod new;
 mod plugin;
 mod run;
 mod validate;
@@ -62,6 +63,9 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the manifest's JSON Schema, for editors (Taplo, Even Better TOML).
     Schema,
+    /// Create a plugin project (Rust, JavaScript or Python) that builds and
+    /// passes its own test out of the box.
+    New(new::NewArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -83,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args, options),
         Command::Validate(args) => validate::validate(args, options),
         Command::Schema => validate::schema(),
+        Command::New(args) => new::run(args),
     };
     match result {
         Ok(code) => code,

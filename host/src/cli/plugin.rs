@@ -8,6 +8,13 @@
 //! the time of the run, `qos` to 0. Output lines have the same shape plus
 //! `line`, the input line they came from, so they can be fed to another
 //! plugin.
+//!
+//! An aggregate plugin (world `aggregator`) runs inside a window given with
+//! `--window`, as in a manifest's window step (`kind = "count", count = 10,
+//! group_by = ["device"]`), checked by the manifest's own validation. Time
+//! is each line's `ts` (a manual clock, so the run is reproducible); the
+//! windows still open at the end are flushed, as at shutdown. Output lines
+//! are window results, `line` being the input line that closed the window.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -57,6 +64,10 @@ pub struct TestArgs {
     /// CPU deadline per batch, in milliseconds.
     #[arg(long, default_value_t = crate::engine::DEFAULT_BATCH_DEADLINE.as_millis() as u64)]
     pub deadline_ms: u64,
+    /// For an aggregate plugin: the window, as the keys of a manifest's
+    /// `window` table, e.g. `kind = "count", count = 10, group_by = ["device"]`.
+    #[arg(long, value_name = "KEYS")]
+    pub window: Option<String>,
 }
 
 /// Arguments of `weir plugin inspect`.
@@ -125,6 +136,12 @@ fn test(runtime: &Runtime, args: TestArgs) -> anyhow::Result<ExitCode> {
         memory_cap_bytes: (args.memory_mib as usize) << 20,
         batch_deadline: Duration::from_millis(args.deadline_ms),
     };
+    if plugin.is_aggregate() {
+        return test_aggregate(runtime, &plugin, &name, &config, limits, &args);
+    }
+    if args.window.is_some() {
+        bail!("--window applies to aggregate plugins only; {name:?} is a transform");
+    }
     let mut instance = plugin.instantiate(&name, &config, limits)?;
 
     let now = std::time::SystemTime::now()
@@ -204,6 +221,125 @@ fn test(runtime: &Runtime, args: TestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `weir plugin test` for an aggregate plugin: one message at a time
+/// through a window operator on a clock set to each line's `ts`.
+fn test_aggregate(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    name: &str,
+    config: &serde_json::Map<String, serde_json::Value>,
+    limits: Limits,
+    args: &TestArgs,
+) -> anyhow::Result<ExitCode> {
+    use crate::window::{Clock as _, ManualClock, WindowOperator};
+
+    let Some(window) = args.window.as_deref() else {
+        bail!(
+            "{name:?} is an aggregate plugin: give its window with --window, e.g. \
+             --window 'kind = \"count\", count = 10, group_by = [\"device\"]'"
+        );
+    };
+    let spec = resolve_window(runtime, &args.plugin, config, window)?;
+    let mut aggregator = plugin.instantiate_aggregator(name, config, limits)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let clock = ManualClock::new(now);
+    let mut operator = WindowOperator::new(name, spec, std::sync::Arc::new(clock.clone()));
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("cannot read input {}", args.input.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (mut lines_in, mut lines_out, mut failed) = (0u64, 0u64, 0u64);
+    let report = |step: crate::window::Step, line: u64, out: &mut dyn Write| {
+        for r in &step.rejected {
+            eprintln!(
+                "line {line}: plugin {name:?} failed ({}): {}",
+                r.kind, r.reason
+            );
+        }
+        for m in &step.outputs {
+            write_output(out, line, m)?;
+        }
+        anyhow::Ok((step.rejected.len() as u64, step.outputs.len() as u64))
+    };
+    let mut last = 0;
+    for (index, line) in text.lines().enumerate() {
+        let number = index as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        lines_in += 1;
+        last = number;
+        let message = match parse_line(line, clock.now_ms()) {
+            Ok(message) => message,
+            Err(e) => {
+                eprintln!("line {number}: invalid input: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        clock.set(message.timestamp_ms);
+        let (f, o) = report(
+            operator.process(&mut aggregator, vec![message]),
+            number,
+            &mut out,
+        )?;
+        failed += f;
+        lines_out += o;
+    }
+    let (f, o) = report(operator.flush(&mut aggregator), last, &mut out)?;
+    failed += f;
+    lines_out += o;
+    out.flush()?;
+    eprintln!("{name}: {lines_in} lines in, {lines_out} windows out, {failed} failed");
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Checks `--window` the way a manifest's window step is checked: a
+/// one-rule manifest in a temporary folder, validated with the plugin.
+fn resolve_window(
+    runtime: &Runtime,
+    plugin: &Path,
+    config: &serde_json::Map<String, serde_json::Value>,
+    window: &str,
+) -> anyhow::Result<crate::window::WindowSpec> {
+    let dir = tempfile::tempdir()?;
+    let plugin = std::path::absolute(plugin)?;
+    let mut table = toml::Table::new();
+    table.insert(
+        "config".into(),
+        toml::Value::try_from(serde_json::Value::Object(config.clone()))?,
+    );
+    let manifest = format!(
+        "[plugins.p]\npath = {path}\n[plugins.p.config]\n{config}\n\
+         [sinks.out]\ntype = \"null\"\n\n\
+         [[rules]]\nname = \"test\"\nfrom = [\"#\"]\n\
+         steps = [{{ plugin = \"p\", window = {{ {window} }} }}]\nto = [\"out\"]\n",
+        path = toml::Value::String(plugin.display().to_string()),
+        config = toml::to_string(&table["config"])?,
+    );
+    let path = dir.path().join("window.toml");
+    std::fs::write(&path, &manifest)?;
+    let options = crate::config::Options {
+        shown_as: Some("--window"),
+        ..Default::default()
+    };
+    let checked = crate::config::check(&path, runtime, &options);
+    match checked.config {
+        Some(config) => config.rules[0].steps[0]
+            .window
+            .clone()
+            .context("--window did not make a window step"),
+        None => bail!("--window is not a valid window:\n{}", checked.diagnostics),
+    }
 }
 
 fn parse_line(line: &str, now: i64) -> anyhow::Result<Message> {

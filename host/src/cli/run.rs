@@ -42,6 +42,11 @@ pub struct RunArgs {
 
 pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
+        // Signals are taken over first: a SIGHUP during start-up must not
+        // kill the process (its default action), only queue a reload.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let runtime = Runtime::new(options)?;
         let config = match crate::config::load(&args.manifest, &runtime) {
             Ok(config) => config,
@@ -75,9 +80,6 @@ pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<Exit
             sinks = config.sinks.len(),
             "Running."
         );
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         loop {

@@ -45,6 +45,11 @@ impl LoadSource {
     }
 }
 
+/// Components from this size on get a progress line when compiled (a
+/// QuickJS guest is ~1.7 MB, a Python one ~18 MB; Rust and C ones are
+/// tens of KB).
+const PROGRESS_BYTES: usize = 1 << 20;
+
 pub(super) struct ArtifactCache {
     dir: Option<PathBuf>,
     fingerprint: String,
@@ -69,6 +74,7 @@ impl ArtifactCache {
     pub(super) fn get_or_compile(
         &self,
         engine: &wasmtime::Engine,
+        label: &str,
         hash: &[u8; 32],
         bytes: &[u8],
     ) -> anyhow::Result<(Component, LoadSource)> {
@@ -86,10 +92,31 @@ impl ArtifactCache {
                 ),
             }
         }
+        // A JavaScript or Python guest carries its language's engine and
+        // takes seconds to compile: say so before, and how long after.
+        let started = std::time::Instant::now();
+        let size_mib = bytes.len() as f64 / (1 << 20) as f64;
+        let cached = self.dir.is_some();
+        if bytes.len() >= PROGRESS_BYTES {
+            tracing::info!(
+                plugin = label,
+                size_mib = format!("{size_mib:.1}"),
+                cached,
+                "Compiling a large plugin component (first start; may take seconds)."
+            );
+        }
         let artifact = engine
             .precompile_component(bytes)
             .map_err(to_anyhow)
             .context("compilation failed")?;
+        if bytes.len() >= PROGRESS_BYTES {
+            tracing::info!(
+                plugin = label,
+                ms = started.elapsed().as_millis() as u64,
+                cached,
+                "Compiled the plugin component; later starts load it from the cache."
+            );
+        }
         // SAFETY: the bytes were produced just above by this engine.
         let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(to_anyhow)?;
         if let Some(path) = entry

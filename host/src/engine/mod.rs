@@ -189,12 +189,12 @@ impl Runtime {
         })?;
         let started = Instant::now();
         let hash = cache::content_hash(bytes);
-        let (component, source) = self
-            .compile(&hash, bytes)
-            .map_err(|e| PluginError::Compile {
-                path: path.to_owned(),
-                cause: e,
-            })?;
+        let (component, source) =
+            self.compile(&label, &hash, bytes)
+                .map_err(|e| PluginError::Compile {
+                    path: path.to_owned(),
+                    cause: e,
+                })?;
         crate::telemetry::component_loaded(
             &label,
             source.as_str(),
@@ -239,14 +239,19 @@ impl Runtime {
         Ok(plugin)
     }
 
-    fn compile(&self, hash: &[u8; 32], bytes: &[u8]) -> anyhow::Result<(Component, LoadSource)> {
+    fn compile(
+        &self,
+        label: &str,
+        hash: &[u8; 32],
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, LoadSource)> {
         if let Some(component) = self.inner.compiled.lock().unwrap().get(hash) {
             return Ok((component.clone(), LoadSource::Memory));
         }
         let (component, source) =
             self.inner
                 .cache
-                .get_or_compile(&self.inner.engine, hash, bytes)?;
+                .get_or_compile(&self.inner.engine, label, hash, bytes)?;
         self.inner
             .compiled
             .lock()
