@@ -682,6 +682,15 @@ fn scaffold_build_and_test(lang: &str, kind: &str) {
                 format!("{}:{path}", kits().join("venv/bin").display()),
             );
         }
+        // The Makefile componentizes with `wasm-tools` when it is on PATH,
+        // else `jco new`: CI has only jco, first on PATH here.
+        "c" => {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env(
+                "PATH",
+                format!("{}:{path}", kits().join("js/node_modules/.bin").display()),
+            );
+        }
         _ => {
             // One target folder for every scaffolded Rust project of every
             // run: dependencies build once.
@@ -741,6 +750,13 @@ fn weir_new_js_projects_build_and_pass_their_test() {
 fn weir_new_python_projects_build_and_pass_their_test() {
     for kind in ["filter", "map", "flat-map", "aggregate"] {
         scaffold_build_and_test("python", kind);
+    }
+}
+
+#[test]
+fn weir_new_c_projects_build_and_pass_their_test() {
+    for kind in ["filter", "map", "flat-map", "aggregate"] {
+        scaffold_build_and_test("c", kind);
     }
 }
 

@@ -63,7 +63,7 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the manifest's JSON Schema, for editors (Taplo, Even Better TOML).
     Schema,
-    /// Create a plugin project (Rust, JavaScript or Python) that builds and
+    /// Create a plugin project (Rust, JavaScript, Python or C) that builds and
     /// passes its own test out of the box.
     New(new::NewArgs),
 }

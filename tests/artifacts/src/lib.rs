@@ -28,4 +28,33 @@ mod tests {
             assert_eq!(bytes.get(..8), Some(&COMPONENT_HEADER[..]), "{name}");
         }
     }
+
+    /// `weir new --lang c` ships pre-generated C bindings (so a C project
+    /// needs no `wit-bindgen`): they must be what `wit-bindgen-c` makes of
+    /// the current `wit/` today.
+    #[test]
+    fn the_c_bindings_weir_new_ships_are_freshly_generated() {
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../plugin-sdk/c/bindings")
+            .canonicalize()
+            .expect("plugin-sdk/c/bindings exists");
+        let fresh = std::path::Path::new(super::C_BINDINGS);
+        for world in super::C_WORLDS {
+            for file in [
+                format!("{world}.c"),
+                format!("{world}.h"),
+                format!("{world}_component_type.o"),
+            ] {
+                let want = std::fs::read(fresh.join(&file)).unwrap();
+                let have = std::fs::read(shipped.join(&file)).unwrap_or_default();
+                assert!(
+                    have == want,
+                    "plugin-sdk/c/bindings/{file} is stale or missing: wit/ or wit-bindgen-c \
+                     changed. Regenerate with `cp {}/* {}/`",
+                    fresh.display(),
+                    shipped.display()
+                );
+            }
+        }
+    }
 }
