@@ -163,6 +163,22 @@ fn every_valid_manifest_validates() {
             checked.diagnostics
         );
     }
+    // A sink used only as a window's `late_to` is used.
+    let windows = check(
+        &runtime,
+        workspace.path(),
+        &ui("valid").join("windows.toml"),
+        "valid",
+    );
+    let warnings: Vec<String> = windows
+        .diagnostics
+        .warnings()
+        .map(|d| d.message.clone())
+        .collect();
+    assert!(
+        !warnings.iter().any(|w| w.contains("\"late\" is not used")),
+        "{warnings:?}"
+    );
 }
 
 #[test]

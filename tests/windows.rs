@@ -553,3 +553,130 @@ to = ["out"]
         assert_eq!(n, per_device as u64, "device {d}");
     }
 }
+
+/// Event time over a real Mosquitto: a window closes when the watermark
+/// passes its end, and an event for it that comes after that goes to the
+/// `late_to` sink unchanged (and is counted), not into a window.
+#[test]
+fn late_events_go_to_the_late_to_sink_over_mosquitto() {
+    use weir_test_support::Mosquitto;
+    use weir_test_support::mqtt::publish_many_blocking;
+
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("windows.jsonl");
+    let late = dir.path().join("late.jsonl");
+    let manifest = format!(
+        r#"
+[broker]
+url = "{url}"
+client_id = "weir-windows-late"
+
+[plugins.stats]
+path = {stats:?}
+
+[sinks.out]
+type = "file"
+path = {out:?}
+
+[sinks.late]
+type = "file"
+path = {late:?}
+
+[[rules]]
+name = "per-device"
+from = ["devices/{{device}}/t"]
+qos = 1
+steps = [{{ plugin = "stats", config = {{ fields = ["v"], aggregates = ["sum"] }}, window = {{ kind = "tumbling", size = "1s", group_by = ["device"], time_field = "ts", late_to = "late" }} }}]
+to = ["out"]
+"#,
+        url = broker.url(),
+        stats = weir_test_artifacts::STATS,
+        out = out.display().to_string(),
+        late = late.display().to_string(),
+    );
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let log = dir.path().join("weir.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(["--log", "info,weir=debug", "run"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("weir starts");
+    let weir = Weir { child, log };
+    let deadline = Instant::now() + WAIT;
+    while !weir.log().contains("Subscribed.") {
+        assert!(
+            Instant::now() < deadline,
+            "weir did not subscribe:\n{}",
+            weir.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let read = |path: &Path| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect()
+    };
+    let publish = |events: &'static [(i64, i64)]| {
+        publish_many_blocking(
+            &broker.url(),
+            |_| "devices/d1/t".to_owned(),
+            move |i| format!(r#"{{"ts": {}, "v": {}}}"#, events[i].0, events[i].1).into_bytes(),
+            events.len(),
+            1,
+        )
+    };
+    let wait_until = |done: &dyn Fn(&[Value], &[Value]) -> bool| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (windows, lates) = (read(&out), read(&late));
+            if done(&windows, &lates) || Instant::now() > deadline {
+                return (windows, lates);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // [1000, 2000) gets 1000 and 1500; 3500 moves the watermark past 2000
+    // and finishes it. (The watermark moves per batch, so the late event
+    // is sent once the window is out.)
+    publish(&[(1000, 1), (1500, 2), (3500, 4)]);
+    wait_until(&|windows, _| !windows.is_empty());
+    // 1200 is now late; 5000 finishes [3000, 4000).
+    publish(&[(1200, 100), (5000, 8)]);
+    let (windows, lates) = wait_until(&|windows, lates| windows.len() >= 2 && !lates.is_empty());
+    let log = weir.log();
+    // (The window of 5000 is still open, unless an idle timeout closed it.)
+    let summary: Vec<(i64, f64, u64)> = windows
+        .iter()
+        .filter(|w| w["payload"]["window_start"].as_i64() < Some(5000))
+        .map(|w| {
+            let p = &w["payload"];
+            (
+                p["window_start"].as_i64().unwrap(),
+                p["v_sum"].as_f64().unwrap(),
+                p["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(1000, 3.0, 2), (3000, 4.0, 1)],
+        "the late event is in no window\n{log}"
+    );
+    assert_eq!(lates.len(), 1, "{lates:?}\n{log}");
+    assert_eq!(lates[0]["topic"], "devices/d1/t");
+    let payload: Value = match &lates[0]["payload"] {
+        Value::String(text) => serde_json::from_str(text).unwrap(),
+        other => other.clone(),
+    };
+    assert_eq!(payload, json!({"ts": 1200, "v": 100}), "sent on unchanged");
+}

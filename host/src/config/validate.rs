@@ -2069,6 +2069,13 @@ impl<'a, 's> Validator<'a, 's> {
                 {
                     used_plugins.insert(name.to_owned());
                 }
+                if let Some(late) = step
+                    .get("window")
+                    .and_then(|w| w.get("late_to"))
+                    .and_then(Node::as_str)
+                {
+                    used_sinks.insert(late.to_owned());
+                }
             }
             for sink in rule.get("to").map(Node::items).unwrap_or_default() {
                 if let Some(s) = sink.as_str() {
