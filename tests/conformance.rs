@@ -23,15 +23,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use weir_test_support::WeirProcess as Weir;
 use weir_test_support::{Mosquitto, mqtt::publish_many_blocking};
-
-const WAIT: Duration = Duration::from_secs(60);
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -359,75 +357,20 @@ fn assert_line_failed_with(log: &str, line: u64, text: &str) {
 
 // ---------------------------------------------------------- over MQTT --
 
-/// A `weir run` process. Killed when dropped.
-struct Weir {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Weir {
-    fn run(dir: &Path, manifest: &str) -> Weir {
-        let path = dir.join("weir.toml");
-        std::fs::write(&path, manifest).unwrap();
-        let log = dir.join("weir.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("--cache-dir")
-            .arg(weir_cache())
-            .arg("run")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("weir starts");
-        let weir = Weir {
-            child: Some(child),
-            log,
-        };
-        weir.wait_until("it subscribes", |w| w.log().contains("Subscribed."));
-        weir
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_until(&self, what: &str, done: impl Fn(&Weir) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "weir: timed out waiting until {what}\n--- log ---\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then the log once it has stopped.
-    fn terminate(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "weir did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.log()
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                eprintln!("--- weir log ---\n{}", self.log());
-            }
-        }
-    }
+/// Starts `weir run` on `manifest` (written to `dir/weir.toml`) and waits
+/// until it has subscribed.
+fn run(dir: &Path, manifest: &str) -> Weir {
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .arg("--cache-dir")
+        .arg(weir_cache())
+        .arg("run")
+        .arg(&path);
+    let weir = Weir::spawn(command, dir.join("weir.log"));
+    weir.wait_for_log("Subscribed.", 1);
+    weir
 }
 
 fn lines(path: &Path) -> Vec<Value> {
@@ -491,7 +434,7 @@ fn check_mqtt(name: &'static str) -> (BTreeMap<&'static str, Vec<Value>>, String
             errors = toml_string(&errors.display().to_string()),
         );
     }
-    let weir = Weir::run(dir.path(), &manifest);
+    let weir = run(dir.path(), &manifest);
 
     let inputs = case.inputs();
     let topics: Vec<String> = inputs
@@ -520,7 +463,7 @@ fn check_mqtt(name: &'static str) -> (BTreeMap<&'static str, Vec<Value>>, String
             out(lang).len() >= case.expected.len() && errors(lang).len() >= case.failed.len()
         })
     });
-    let log = weir.terminate();
+    let (_, log) = weir.terminate();
 
     // Windows that close in one batch come out in an order of the host's
     // (by window end, which is the batch's arrival time for them all), so

@@ -4,190 +4,44 @@
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use weir_test_support::WeirProcess as Weir;
 use weir_test_support::mqtt::publish_many_blocking;
+use weir_test_support::weir::json_lines as lines;
 use weir_test_support::{Mosquitto, MosquittoOptions, Pki, Subscriber, SubscriberOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A `weir run` process. Killed when dropped.
-struct Weir {
-    child: Option<Child>,
-    log: PathBuf,
+/// Starts `weir run` on a manifest and waits until it has subscribed
+/// `subscriptions` times (its log says "Subscribed.").
+fn run(dir: &Path, manifest: &str, subscriptions: usize) -> Weir {
+    let weir = spawn(dir, manifest);
+    weir.wait_for_log("Subscribed.", subscriptions);
+    weir
 }
 
-impl Weir {
-    /// Starts `weir run` on a manifest and waits until it has subscribed
-    /// `subscriptions` times (its log says "Subscribed.").
-    fn run(dir: &Path, manifest: &str, subscriptions: usize) -> Weir {
-        let weir = Weir::spawn(dir, manifest);
-        weir.wait_for_log("Subscribed.", subscriptions);
-        weir
-    }
-
-    /// Starts `weir run` on a manifest.
-    fn spawn(dir: &Path, manifest: &str) -> Weir {
-        let path = dir.join(format!("weir-{}.toml", unique()));
-        // The HTTP endpoint on a free port: tests run in parallel.
-        let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
-        std::fs::write(&path, manifest).unwrap();
-        let log = path.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("--cache-dir")
-            .arg(dir.join("cache"))
-            .args(["--log", "info,weir=debug", "run"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("weir starts");
-        Weir {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_log(&self, needle: &str, count: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log().matches(needle).count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "weir did not log {needle:?} {count} times:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `GET path` on weir's HTTP endpoint: the status code and the body.
-    fn http_get(&self, path: &str) -> (u16, String) {
-        use std::io::Read as _;
-        let log = self.log();
-        let addr = log
-            .lines()
-            .find(|l| l.contains("Serving /metrics"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no HTTP address in the log:\n{log}"))
-            .to_owned();
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    }
-
-    /// The value of one series of `GET /metrics` (0 when absent), e.g.
-    /// `weir_rule_dropped_total{rule="r",reason="queue_full"}`.
-    fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.http_get("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Polls `GET /health` until `check` accepts (status, JSON body).
-    fn wait_for_health(&self, what: &str, check: impl Fn(u16, &serde_json::Value) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (status, body) = self.http_get("/health");
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            if check(status, &json) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/health never showed {what}: {status} {body}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then the exit code.
-    fn terminate(mut self) -> (i32, String) {
-        let mut child = self.child.take().unwrap();
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weir did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                eprintln!("--- weir log ---\n{}", self.log());
-            }
-        }
-    }
+/// Starts `weir run` on a manifest.
+fn spawn(dir: &Path, manifest: &str) -> Weir {
+    let path = dir.join(format!("weir-{}.toml", unique()));
+    // The HTTP endpoint on a free port: tests run in parallel.
+    let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&path, manifest).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--log", "info,weir=debug", "run"])
+        .arg(&path);
+    Weir::spawn(command, path.with_extension("log"))
 }
 
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     std::process::id() as u64 * 1000 + N.fetch_add(1, Ordering::Relaxed)
-}
-
-/// The JSON lines of a file sink's output (empty if not written yet).
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Waits until `path` holds at least `n` lines, and returns them.
-fn wait_for_lines(path: &Path, n: usize, weir: &Weir) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = lines(path);
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} has {} of {n} lines\n--- weir log ---\n{}",
-            path.display(),
-            got.len(),
-            weir.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn seqs(lines: &[serde_json::Value]) -> Vec<u64> {
@@ -247,7 +101,7 @@ to = ["c"]
         c = toml_path(&out("c")),
     );
     // devices/# covers devices/+/temp: one subscription for both, plus other/+/x.
-    let weir = Weir::run(dir.path(), &manifest, 2);
+    let weir = run(dir.path(), &manifest, 2);
     let topics = [
         "devices/d1/temp",
         "devices/d2/hum",
@@ -263,9 +117,9 @@ to = ["c"]
         topics.len(),
         1,
     );
-    wait_for_lines(&out("a"), 2, &weir);
-    wait_for_lines(&out("b"), 4, &weir);
-    wait_for_lines(&out("c"), 3, &weir);
+    weir.wait_for_lines(&out("a"), 2);
+    weir.wait_for_lines(&out("b"), 4);
+    weir.wait_for_lines(&out("c"), 3);
     // Shutting down flushes anything extra before checking there is none.
     let (code, log) = weir.terminate();
     assert_eq!(code, 0, "{log}");
@@ -323,7 +177,7 @@ errors = "errors"
         out = toml_path(&out),
         errors = toml_path(&errors),
     );
-    let weir = Weir::run(dir.path(), &manifest, 1);
+    let weir = run(dir.path(), &manifest, 1);
     let payloads: Vec<Vec<u8>> = vec![
         br#"{"temp": 31, "seq": 0}"#.to_vec(),
         b"{not json".to_vec(),
@@ -340,8 +194,8 @@ errors = "errors"
         n,
         1,
     );
-    let kept = wait_for_lines(&out, 2, &weir);
-    let reports = wait_for_lines(&errors, 3, &weir);
+    let kept = weir.wait_for_lines(&out, 2);
+    let reports = weir.wait_for_lines(&errors, 3);
     assert_eq!(
         seqs(&kept),
         [0, 5],
@@ -410,7 +264,7 @@ to = ["forward"]
         target = target.url(),
         id = unique(),
     );
-    let weir = Weir::run(dir.path(), &manifest, 1);
+    let weir = run(dir.path(), &manifest, 1);
     const N: usize = 300;
     publish_many_blocking(
         &source.url(),
@@ -489,7 +343,7 @@ to = ["out"]
         id = unique(),
         out = toml_path(&out),
     );
-    let weir = Weir::run(dir.path(), &manifest, 1);
+    let weir = run(dir.path(), &manifest, 1);
     publish_many_blocking(
         &broker.url(),
         |_| "devices/a/t".to_owned(),
@@ -497,7 +351,7 @@ to = ["out"]
         50,
         1,
     );
-    wait_for_lines(&out, 50, &weir);
+    weir.wait_for_lines(&out, 50);
     broker.restart();
     // weir waits 2 s before reconnecting: these are queued by the broker for
     // its persistent session meanwhile.
@@ -509,7 +363,7 @@ to = ["out"]
         1,
     );
     weir.wait_for_log("Subscribed.", 2);
-    let got = wait_for_lines(&out, 100, &weir);
+    let got = weir.wait_for_lines(&out, 100);
     let seen: BTreeSet<u64> = seqs(&got).into_iter().collect();
     assert_eq!(seen, (0..100).collect::<BTreeSet<u64>>());
     let (code, _) = weir.terminate();
@@ -554,7 +408,7 @@ to = ["out"]
         chaos = weir_test_artifacts::CHAOS,
         out = toml_path(&out),
     );
-    let weir = Weir::run(dir.path(), &manifest, 1);
+    let weir = run(dir.path(), &manifest, 1);
     let publish = |n: usize, payload: fn(usize) -> Vec<u8>| {
         publish_many_blocking(&broker.url(), |_| "devices/d/t".to_owned(), payload, n, 0)
     };
@@ -569,7 +423,7 @@ to = ["out"]
     // ...then the queue overflows while it is stuck.
     publish(N, |i| format!(r#"{{"seq": {}}}"#, i + 1).into_bytes());
     let dropped = r#"weir_rule_dropped_total{rule="r",reason="queue_full"}"#;
-    let delivered = wait_for_lines(&out, 5, &weir);
+    let delivered = weir.wait_for_lines(&out, 5);
     assert_eq!(weir.metric(dropped), (N - 5) as f64);
     let (code, log) = weir.terminate();
     assert_eq!(code, 0);
@@ -634,7 +488,7 @@ fn mqtts_with_a_client_certificate_subscribes_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let pki = broker.pki();
-    let weir = Weir::run(
+    let weir = run(
         dir.path(),
         &tls_manifest(&broker.tls_url(), &pki.ca_file, Some(pki), &out),
         1,
@@ -647,7 +501,7 @@ fn mqtts_with_a_client_certificate_subscribes_over_tls() {
         20,
         1,
     );
-    let got = wait_for_lines(&out, 20, &weir);
+    let got = weir.wait_for_lines(&out, 20);
     assert_eq!(seqs(&got), (0..20).collect::<Vec<u64>>());
     assert_eq!(weir.terminate().0, 0);
 }
@@ -659,7 +513,7 @@ fn mqtts_names_the_tls_failure_and_keeps_retrying() {
     let out = dir.path().join("out.jsonl");
     // A CA that did not sign the broker's certificate.
     let stranger = Pki::generate(dir.path(), "stranger");
-    let weir = Weir::spawn(
+    let weir = spawn(
         dir.path(),
         &tls_manifest(&broker.tls_url(), &stranger.ca_file, None, &out),
     );
@@ -705,8 +559,8 @@ to = ["out"]
             out = toml_path(&dir.path().join(format!("out-{n}.jsonl"))),
         )
     };
-    let one = Weir::run(dir.path(), &manifest(1), 1);
-    let two = Weir::run(dir.path(), &manifest(2), 1);
+    let one = run(dir.path(), &manifest(1), 1);
+    let two = run(dir.path(), &manifest(2), 1);
     const N: usize = 400;
     publish_many_blocking(
         &broker.url(),
@@ -768,7 +622,7 @@ to = ["out"]
         threshold = weir_test_artifacts::THRESHOLD,
         out = toml_path(&out),
     );
-    let weir = Weir::run(dir.path(), &manifest, 1);
+    let weir = run(dir.path(), &manifest, 1);
     const N: usize = 3000;
     let url = broker.url();
     let publisher = std::thread::spawn(move || {
@@ -780,7 +634,7 @@ to = ["out"]
             1,
         )
     });
-    wait_for_lines(&out, 200, &weir);
+    weir.wait_for_lines(&out, 200);
     let (code, log) = weir.terminate();
     assert_eq!(code, 0, "{log}");
     publisher.join().unwrap();

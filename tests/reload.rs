@@ -7,171 +7,43 @@
 //! component with a custom section appended: other bytes, other content
 //! hash, same code.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weir_test_support::WeirProcess as Weir;
+use weir_test_support::weir::json_lines as lines;
 use weir_test_support::{Mosquitto, mqtt::publish_many_blocking};
 
 /// Bound on every wait.
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Weir {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Weir {
-    /// Starts `weir run` on `manifest` (written to `dir/weir.toml`) and
-    /// waits until it has subscribed `subscriptions` times.
-    fn run(dir: &Path, manifest: &str, subscriptions: usize, extra: &[&str]) -> Weir {
-        let path = dir.join("weir.toml");
-        let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
-        std::fs::write(&path, manifest).unwrap();
-        let log = dir.join("weir.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("--cache-dir")
-            .arg(dir.join("cache"))
-            .args(["--log", "info,weir=debug", "run"])
-            .args(extra)
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("weir starts");
-        let weir = Weir {
-            child: Some(child),
-            log,
-        };
-        weir.wait_for_log("Subscribed.", subscriptions);
-        if !extra.contains(&"--no-watch") {
-            weir.wait_for_log("Watching the manifest and plugins.", 1);
-        }
-        weir
+/// Starts `weir run` on `manifest` (written to `dir/weir.toml`) and waits
+/// until it has subscribed `subscriptions` times.
+fn run(dir: &Path, manifest: &str, subscriptions: usize, extra: &[&str]) -> Weir {
+    let path = dir.join("weir.toml");
+    let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&path, manifest).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--log", "info,weir=debug", "run"])
+        .args(extra)
+        .arg(&path);
+    let weir = Weir::spawn(command, dir.join("weir.log"));
+    weir.wait_for_log("Subscribed.", subscriptions);
+    if !extra.contains(&"--no-watch") {
+        weir.wait_for_log("Watching the manifest and plugins.", 1);
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_log(&self, needle: &str, count: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log().matches(needle).count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "weir did not log {needle:?} {count} times:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The log lines containing `needle`.
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn http_get(&self, path: &str) -> String {
-        use std::io::Read as _;
-        let log = self.log();
-        let addr = log
-            .lines()
-            .find(|l| l.contains("Serving /metrics"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no HTTP address in the log:\n{log}"))
-            .to_owned();
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default()
-    }
-
-    /// The value of the metric line that contains every one of `parts`.
-    fn metric(&self, parts: &[&str]) -> f64 {
-        self.http_get("/metrics")
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| parts.iter().all(|p| l.contains(p)))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn terminate(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        while child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "weir did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.log()
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                eprintln!("--- weir log ---\n{}", self.log());
-            }
-        }
-    }
+    weir
 }
 
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     std::process::id() as u64 * 1000 + N.fetch_add(1, Ordering::Relaxed)
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn wait_for_lines(path: &Path, n: usize, weir: &Weir) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = lines(path);
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} has {} of {n} lines\n--- weir log ---\n{}",
-            path.display(),
-            got.len(),
-            weir.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn toml_path(p: &Path) -> String {
@@ -320,7 +192,7 @@ fn fifty_thousand_messages_survive_twenty_swaps_exactly_once_in_order_and_tagged
     let v1 = std::fs::read(weir_test_artifacts::TAG_V1).unwrap();
     let v2 = std::fs::read(weir_test_artifacts::TAG_V2).unwrap();
     std::fs::write(&plugin, &v1).unwrap();
-    let weir = Weir::run(dir.path(), &tag_manifest(&broker, &plugin, &out), 1, &[]);
+    let weir = run(dir.path(), &tag_manifest(&broker, &plugin, &out), 1, &[]);
 
     let publisher = publish_steadily(broker.url(), N, 200, Duration::from_millis(50));
     for swap in 0..SWAPS {
@@ -348,7 +220,7 @@ fn fifty_thousand_messages_survive_twenty_swaps_exactly_once_in_order_and_tagged
         "every swap happened while messages flowed"
     );
 
-    let got = wait_for_lines(&out, N as usize, &weir);
+    let got = weir.wait_for_lines(&out, N as usize);
     let tags = check_exactly_once_in_order(&got, N);
     assert!(tags.iter().all(|t| t == "tag-v1" || t == "tag-v2"));
     // Each swap is one switch of version in the output, at a batch
@@ -359,14 +231,14 @@ fn fifty_thousand_messages_survive_twenty_swaps_exactly_once_in_order_and_tagged
     assert_eq!(tags.last().unwrap(), "tag-v1", "20 swaps end on v1");
 
     assert_eq!(
-        weir.metric(&[
+        weir.metric_matching(&[
             "weir_reloads_total",
             "kind=\"plugin\"",
             "outcome=\"applied\""
         ]),
         SWAPS as f64
     );
-    let health: Value = serde_json::from_str(&weir.http_get("/health")).unwrap();
+    let health: Value = serde_json::from_str(&weir.http_get("/health").1).unwrap();
     assert_eq!(health["plugins"]["tag"]["content_hash"], sha256_hex(&v1));
     assert_eq!(health["plugins"]["tag"]["version"], "1.0.0");
     let swapped = weir.lines_with("Plugin swapped.");
@@ -388,7 +260,7 @@ fn a_corrupt_file_a_wrong_world_and_a_refusing_init_keep_the_old_version_running
     let out = dir.path().join("out.jsonl");
     let v1 = std::fs::read(weir_test_artifacts::TAG_V1).unwrap();
     std::fs::write(&plugin, &v1).unwrap();
-    let weir = Weir::run(dir.path(), &tag_manifest(&broker, &plugin, &out), 1, &[]);
+    let weir = run(dir.path(), &tag_manifest(&broker, &plugin, &out), 1, &[]);
     let publisher = publish_steadily(broker.url(), N, 200, Duration::from_millis(40));
 
     let bad: [(Vec<u8>, &str); 3] = [
@@ -413,14 +285,14 @@ fn a_corrupt_file_a_wrong_world_and_a_refusing_init_keep_the_old_version_running
         assert!(line.contains(cause), "names the cause ({cause}): {line}");
     }
     publisher.join().unwrap();
-    let got = wait_for_lines(&out, N as usize, &weir);
+    let got = weir.wait_for_lines(&out, N as usize);
     let tags = check_exactly_once_in_order(&got, N);
     assert!(
         tags.iter().all(|t| t == "tag-v1"),
         "only the old version ran"
     );
     assert_eq!(
-        weir.metric(&[
+        weir.metric_matching(&[
             "weir_reloads_total",
             "kind=\"plugin\"",
             "outcome=\"failed\""
@@ -428,7 +300,7 @@ fn a_corrupt_file_a_wrong_world_and_a_refusing_init_keep_the_old_version_running
         3.0
     );
     assert_eq!(weir.lines_with("Plugin swapped.").len(), 0);
-    let health: Value = serde_json::from_str(&weir.http_get("/health")).unwrap();
+    let health: Value = serde_json::from_str(&weir.http_get("/health").1).unwrap();
     assert_eq!(health["plugins"]["tag"]["content_hash"], sha256_hex(&v1));
     weir.terminate();
 }
@@ -482,7 +354,7 @@ to = ["w"]
         out_d = toml_path(&out_d),
         out_w = toml_path(&out_w),
     );
-    let weir = Weir::run(dir.path(), &manifest, 2, &[]);
+    let weir = run(dir.path(), &manifest, 2, &[]);
     let ids = |from: u64, to: u64| {
         publish_many_blocking(
             &broker.url(),
@@ -503,9 +375,9 @@ to = ["w"]
     };
     ids(0, 100);
     readings(0, 40);
-    wait_for_lines(&out_d, 100, &weir);
+    weir.wait_for_lines(&out_d, 100);
     let deadline = Instant::now() + WAIT;
-    while weir.metric(&["weir_rule_messages_in_total", "rule=\"window\""]) < 40.0 {
+    while weir.metric_matching(&["weir_rule_messages_in_total", "rule=\"window\""]) < 40.0 {
         assert!(
             Instant::now() < deadline,
             "the window rule did not take 40 readings"
@@ -525,14 +397,14 @@ to = ["w"]
     // 50..100 were let through before the swap: the new version remembers.
     ids(50, 150);
     readings(40, 100);
-    let got = wait_for_lines(&out_d, 150, &weir);
+    let got = weir.wait_for_lines(&out_d, 150);
     let passed: Vec<u64> = got
         .iter()
         .map(|l| l["payload"]["id"].as_u64().unwrap())
         .collect();
     assert_eq!(passed, (0..150).collect::<Vec<_>>());
     let deadline = Instant::now() + WAIT;
-    while weir.metric(&["weir_rule_messages_in_total", "rule=\"window\""]) < 100.0 {
+    while weir.metric_matching(&["weir_rule_messages_in_total", "rule=\"window\""]) < 100.0 {
         assert!(
             Instant::now() < deadline,
             "the window rule did not take 100 readings"
@@ -639,7 +511,7 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
         &[("old", "old", &p("old.jsonl"))],
     );
     // Written by hand (not Weir::run, which appends [http] again).
-    let weir = Weir::run(
+    let weir = run(
         dir.path(),
         manifest.trim_end_matches("\n[http]\nlisten = \"127.0.0.1:0\"\n"),
         1,
@@ -651,7 +523,7 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
     let publisher = publish_steadily_on(broker.url(), "steady", N, 100, Duration::from_millis(40));
     publish(&broker, "win/a", 0, 30, "v");
     publish(&broker, "old/x", 0, 10, "n");
-    wait_for_lines(&p("old.jsonl"), 10, &weir);
+    weir.wait_for_lines(&p("old.jsonl"), 10);
 
     // Remove `old`, add `new`, move sink `s` to another file; `win` and
     // `steady` stay.
@@ -680,7 +552,7 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
     );
     publish(&broker, "old/x", 10, 20, "n");
     publish(&broker, "new/x", 0, 10, "n");
-    wait_for_lines(&p("new.jsonl"), 10, &weir);
+    weir.wait_for_lines(&p("new.jsonl"), 10);
     assert_eq!(
         lines(&p("old.jsonl")).len(),
         10,
@@ -695,7 +567,7 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
     assert!(line.contains("nowhere"), "names the unknown sink: {line}");
     assert!(line.contains("qos"), "names the bad qos: {line}");
     publish(&broker, "new/x", 10, 20, "n");
-    wait_for_lines(&p("new.jsonl"), 20, &weir);
+    weir.wait_for_lines(&p("new.jsonl"), 20);
 
     publisher.join().unwrap();
     publish(&broker, "win/a", 30, 50, "v");
@@ -709,7 +581,7 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
         std::thread::sleep(Duration::from_millis(20));
     }
     let deadline = Instant::now() + WAIT;
-    while weir.metric(&["weir_rule_messages_in_total", "rule=\"win\""]) < 50.0 {
+    while weir.metric_matching(&["weir_rule_messages_in_total", "rule=\"win\""]) < 50.0 {
         assert!(
             Instant::now() < deadline,
             "the window rule did not take 50 readings"
@@ -758,7 +630,7 @@ fn with_no_watch_only_sighup_reloads_the_manifest() {
     let client = format!("weir-reload-hup-{}", unique());
     let stats = weir_test_artifacts::STATS;
     let manifest = rules_manifest(&broker, &client, stats, &p("s.jsonl"), &p("w.jsonl"), &[]);
-    let weir = Weir::run(
+    let weir = run(
         dir.path(),
         manifest.trim_end_matches("\n[http]\nlisten = \"127.0.0.1:0\"\n"),
         2,
@@ -777,12 +649,12 @@ fn with_no_watch_only_sighup_reloads_the_manifest() {
         &[("added", "added", &p("added.jsonl"))],
     );
     replace_atomically(&p("weir.toml"), changed.as_bytes());
-    let pid = weir.child.as_ref().unwrap().id() as i32;
+    let pid = weir.pid();
     unsafe { libc::kill(pid, libc::SIGHUP) };
     weir.wait_for_log("Manifest reloaded.", 1);
     assert_eq!(weir.lines_with("SIGHUP: reloading the manifest.").len(), 1);
     publish(&broker, "added/x", 0, 5, "n");
-    wait_for_lines(&p("added.jsonl"), 5, &weir);
+    weir.wait_for_lines(&p("added.jsonl"), 5);
     weir.terminate();
 }
 
@@ -794,7 +666,7 @@ fn polling_sees_a_replaced_plugin_and_a_plugin_the_reloaded_manifest_added_in_a_
     let out = dir.path().join("out.jsonl");
     std::fs::write(&plugin, std::fs::read(weir_test_artifacts::TAG_V1).unwrap()).unwrap();
     let manifest = tag_manifest(&broker, &plugin, &out);
-    let weir = Weir::run(dir.path(), &manifest, 1, &["--watch-poll-ms", "100"]);
+    let weir = run(dir.path(), &manifest, 1, &["--watch-poll-ms", "100"]);
     let watching = weir.lines_with("Watching the manifest and plugins.");
     assert!(watching[0].contains("polling"), "{watching:?}");
 
@@ -828,7 +700,7 @@ fn polling_sees_a_replaced_plugin_and_a_plugin_the_reloaded_manifest_added_in_a_
         5,
         1,
     );
-    let got = wait_for_lines(&out, 5, &weir);
+    let got = weir.wait_for_lines(&out, 5);
     assert!(
         got.iter().all(|l| l["payload"]["tag"] == "tag-v2"),
         "{got:?}"

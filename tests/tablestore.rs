@@ -12,9 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir::Message;
 use weir::ack::{AckOutcome, track};
@@ -27,96 +27,35 @@ use weir::sink::{SinkContext, SinkInput};
 use weir::template::Template;
 use weir_tablestore_server::{Fault, Options, Point, TablestoreServer, Value};
 use weir_test_support::Mosquitto;
+use weir_test_support::WeirProcess as Weir;
 use weir_test_support::mqtt::publish_many_blocking;
 
-const WAIT: Duration = Duration::from_secs(60);
 const KEY_ID: &str = "testAccessKeyId";
 const SECRET: &str = "testAccessKeySecret";
 
 // ----- the weir binary -------------------------------------------------
 
-/// A `weir run` process. Killed when dropped.
-struct Weir {
-    child: Option<Child>,
-    log: PathBuf,
+/// Starts `weir run` with the secret in the environment.
+fn spawn(dir: &Path, manifest: &str, secret: &str) -> Weir {
+    let path = dir.join(format!("weir-{}.toml", unique()));
+    let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&path, manifest).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--log", "info,weir=debug", "run"])
+        .arg(&path)
+        .env("TS_KEY_ID", KEY_ID)
+        .env("TS_SECRET", secret);
+    Weir::spawn(command, path.with_extension("log"))
 }
 
-impl Weir {
-    /// Starts `weir run` with the secret in the environment.
-    fn spawn(dir: &Path, manifest: &str, secret: &str) -> Weir {
-        let path = dir.join(format!("weir-{}.toml", unique()));
-        let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
-        std::fs::write(&path, manifest).unwrap();
-        let log = path.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("--cache-dir")
-            .arg(dir.join("cache"))
-            .args(["--log", "info,weir=debug", "run"])
-            .arg(&path)
-            .env("TS_KEY_ID", KEY_ID)
-            .env("TS_SECRET", secret)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("weir starts");
-        Weir {
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// Starts `weir run` and waits until it has subscribed.
-    fn run(dir: &Path, manifest: &str) -> Weir {
-        let weir = Weir::spawn(dir, manifest, SECRET);
-        weir.wait_for(|| weir.log().contains("Subscribed."), "subscribe");
-        weir
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for(&self, mut done: impl FnMut() -> bool, what: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "weir did not {what}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the process to exit by itself; its exit code.
-    fn exit_code(mut self) -> (i32, String) {
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weir did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                eprintln!("--- weir log ---\n{}", self.log());
-            }
-        }
-    }
+/// Starts `weir run` and waits until it has subscribed.
+fn run(dir: &Path, manifest: &str) -> Weir {
+    let weir = spawn(dir, manifest, SECRET);
+    weir.wait_for_log("Subscribed.", 1);
+    weir
 }
 
 fn unique() -> u64 {
@@ -156,7 +95,9 @@ to = ["ts"]
 }
 
 fn wait_for_points(server: &TablestoreServer, n: usize, weir: &Weir) -> Vec<Point> {
-    weir.wait_for(|| server.points().len() >= n, &format!("store {n} points"));
+    weir.wait_until(&format!("the server stores {n} points"), |_| {
+        server.points().len() >= n
+    });
     server.points()
 }
 
@@ -167,7 +108,7 @@ fn the_seed_scenario_lands_in_measurement_m_re2_and_is_found_by_its_tag() {
     let broker = Mosquitto::start();
     let server = TablestoreServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let weir = Weir::run(
+    let weir = run(
         dir.path(),
         &manifest(
             &broker,
@@ -233,7 +174,7 @@ fn ten_thousand_messages_store_exactly_ten_thousand_rows_in_requests_within_the_
     let broker = Mosquitto::start();
     let server = TablestoreServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let weir = Weir::run(
+    let weir = run(
         dir.path(),
         &manifest(
             &broker,
@@ -305,7 +246,7 @@ fn a_server_busy_a_dropped_connection_and_two_failed_rows_lose_nothing_and_store
         code: "OTSServerBusy".into(),
     });
     let dir = tempfile::tempdir().unwrap();
-    let weir = Weir::run(
+    let weir = run(
         dir.path(),
         &manifest(
             &broker,
@@ -356,12 +297,12 @@ fn a_bad_secret_stops_weir_at_start_up_naming_the_signature_mismatch() {
     let broker = Mosquitto::start();
     let server = TablestoreServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let weir = Weir::spawn(
+    let weir = spawn(
         dir.path(),
         &manifest(&broker, &server, r#"measurement = "m_re2""#),
         "not-the-secret",
     );
-    let (code, log) = weir.exit_code();
+    let (code, log) = weir.wait_for_exit();
     assert_ne!(code, 0, "{log}");
     assert!(log.contains("Signature mismatch"), "{log}");
     assert!(log.contains("access_key_secret"), "{log}");

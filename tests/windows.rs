@@ -15,7 +15,7 @@
 //! manual clock.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use weir::config::{self, Options};
 use weir::engine::{Aggregator, FailureKind, Limits, Runtime, RuntimeOptions};
 use weir::window::{ManualClock, Step, WindowOperator, WindowSpec};
 use weir::{Fields, Message};
+use weir_test_support::WeirProcess as Weir;
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeOptions { cache_dir: None }).expect("runtime starts")
@@ -419,23 +420,20 @@ fn an_aggregate_plugin_is_refused_as_a_plain_step_and_a_transform_as_a_window_st
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `weir run` on a manifest; killed when dropped.
-struct Weir {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Weir {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `weir run` on `manifest` (written to `dir/weir.toml`) and waits
+/// until it has subscribed.
+fn run(dir: &Path, manifest: &str) -> Weir {
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--log", "info,weir=debug", "run"])
+        .arg(&path);
+    let weir = Weir::spawn(command, dir.join("weir.log"));
+    weir.wait_for_log("Subscribed.", 1);
+    weir
 }
 
 #[test]
@@ -474,29 +472,7 @@ to = ["out"]
         stats = weir_test_artifacts::STATS,
         out = out.display().to_string(),
     );
-    let path = dir.path().join("weir.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let log = dir.path().join("weir.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .args(["--log", "info,weir=debug", "run"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("weir starts");
-    let weir = Weir { child, log };
-    let deadline = Instant::now() + WAIT;
-    while !weir.log().contains("Subscribed.") {
-        assert!(
-            Instant::now() < deadline,
-            "weir did not subscribe:\n{}",
-            weir.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let weir = run(dir.path(), &manifest);
 
     // 3 devices, 400 readings each, v = 1: every window's sum is its count.
     let devices = ["d1", "d2", "d3"];
@@ -595,29 +571,7 @@ to = ["out"]
         out = out.display().to_string(),
         late = late.display().to_string(),
     );
-    let path = dir.path().join("weir.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let log = dir.path().join("weir.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .args(["--log", "info,weir=debug", "run"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("weir starts");
-    let weir = Weir { child, log };
-    let deadline = Instant::now() + WAIT;
-    while !weir.log().contains("Subscribed.") {
-        assert!(
-            Instant::now() < deadline,
-            "weir did not subscribe:\n{}",
-            weir.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let weir = run(dir.path(), &manifest);
 
     let read = |path: &Path| -> Vec<Value> {
         std::fs::read_to_string(path)

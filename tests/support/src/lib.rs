@@ -10,6 +10,8 @@
 //!   with certificates from a fresh test CA ([`pki`]).
 //! - [`mqtt`]: [`Subscriber`] (collects what arrives on some filters) and
 //!   [`publish_many`] (publishes and waits for every acknowledgement).
+//! - [`weir`]: [`WeirProcess`], the `weir` binary under test: its log, its
+//!   HTTP endpoint, a SIGTERM stop, and a kill when the test ends.
 //!
 //! Helpers panic with a message that says what failed instead of returning
 //! errors: a test has nothing better to do with them. Every wait is bounded.
@@ -26,10 +28,12 @@
 pub mod mosquitto;
 pub mod mqtt;
 pub mod pki;
+pub mod weir;
 
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use mqtt::{Received, Subscriber, SubscriberOptions, publish_many};
 pub use pki::Pki;
+pub use weir::WeirProcess;
 
 #[cfg(test)]
 mod tests {
