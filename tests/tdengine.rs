@@ -84,7 +84,12 @@ fn start_sink(
             health_check_interval: Duration::from_secs(3600),
         },
     };
-    let context = SinkContext {
+    weir::sink::start(&config, dead_letter, &context())
+}
+
+/// What a sink is started with; the broker is only for MQTT sinks.
+fn context() -> SinkContext {
+    SinkContext {
         broker: weir::config::BrokerConfig {
             host: "127.0.0.1".into(),
             port: 1,
@@ -99,8 +104,7 @@ fn start_sink(
             reconnect_max: Duration::from_millis(200),
             embedded: None,
         },
-    };
-    weir::sink::start(&config, dead_letter, &context)
+    }
 }
 
 type Outcome = Arc<Mutex<Option<AckOutcome>>>;
@@ -636,23 +640,7 @@ async fn line_mode_writes_schemaless_rows_that_read_back_by_tag() {
                 health_check_interval: Duration::from_secs(3600),
             },
         };
-        let context = SinkContext {
-            broker: weir::config::BrokerConfig {
-                host: "127.0.0.1".into(),
-                port: 1,
-                tls: None,
-                client_id: "t".into(),
-                username: None,
-                password: None,
-                protocol: weir::config::MqttProtocol::V311,
-                keep_alive: Duration::from_secs(30),
-                clean_session: true,
-                reconnect_min: Duration::from_millis(50),
-                reconnect_max: Duration::from_millis(200),
-                embedded: None,
-            },
-        };
-        let sink = weir::sink::start(&config, None, &context).unwrap();
+        let sink = weir::sink::start(&config, None, &context()).unwrap();
         let base = now_ms();
         let messages = (0..10)
             .map(|i| {
