@@ -550,6 +550,9 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
         !line.contains("win"),
         "the window rule is untouched: {line}"
     );
+    // The new rule's subscription is acknowledged before anything is sent
+    // to it (the broker drops what comes before).
+    weir.wait_for_log("Subscribed.", 4);
     publish(&broker, "old/x", 10, 20, "n");
     publish(&broker, "new/x", 0, 10, "n");
     weir.wait_for_lines(&p("new.jsonl"), 10);
@@ -653,6 +656,7 @@ fn with_no_watch_only_sighup_reloads_the_manifest() {
     unsafe { libc::kill(pid, libc::SIGHUP) };
     weir.wait_for_log("Manifest reloaded.", 1);
     assert_eq!(weir.lines_with("SIGHUP: reloading the manifest.").len(), 1);
+    weir.wait_for_log("Subscribed.", 3);
     publish(&broker, "added/x", 0, 5, "n");
     weir.wait_for_lines(&p("added.jsonl"), 5);
     weir.terminate();
@@ -687,6 +691,7 @@ fn polling_sees_a_replaced_plugin_and_a_plugin_the_reloaded_manifest_added_in_a_
     );
     replace_atomically(&dir.path().join("weir.toml"), with_other.as_bytes());
     weir.wait_for_log("rules added: other", 1);
+    weir.wait_for_log("Subscribed.", 2);
     replace_atomically(&later, &std::fs::read(weir_test_artifacts::TAG_V2).unwrap());
     weir.wait_for_log("Plugin swapped.", 2);
     let last = weir.lines_with("Plugin swapped.").pop().unwrap();
