@@ -487,22 +487,7 @@ async fn a_row_with_an_out_of_range_timestamp_is_dead_lettered_and_the_rest_of_i
                 },
             },
             None,
-            &SinkContext {
-                broker: weir::config::BrokerConfig {
-                    host: "127.0.0.1".into(),
-                    port: 1,
-                    tls: None,
-                    client_id: "t".into(),
-                    username: None,
-                    password: None,
-                    protocol: weir::config::MqttProtocol::V311,
-                    keep_alive: Duration::from_secs(30),
-                    clean_session: true,
-                    reconnect_min: Duration::from_millis(50),
-                    reconnect_max: Duration::from_millis(200),
-                    embedded: None,
-                },
-            },
+            &context(),
         )
         .unwrap();
         let sink = start_sink(&td, SEED_SQL, driver(20), Some(dl.handle.clone())).unwrap();

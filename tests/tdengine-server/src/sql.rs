@@ -555,30 +555,32 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn column_defs(&mut self) -> Result<Vec<Column>, TdError> {
+    /// `( item , item … )`: one or more items in parentheses.
+    fn paren_list<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, TdError>,
+    ) -> Result<Vec<T>, TdError> {
         self.p('(')?;
-        let mut cols = Vec::new();
+        let mut items = Vec::new();
         loop {
-            let name = self.ident()?;
-            let ty = self.ty()?;
-            cols.push(Column { name, ty });
+            items.push(item(self)?);
             if self.eat_p(')') {
-                return Ok(cols);
+                return Ok(items);
             }
             self.p(',')?;
         }
     }
 
+    fn column_defs(&mut self) -> Result<Vec<Column>, TdError> {
+        self.paren_list(|p| {
+            let name = p.ident()?;
+            let ty = p.ty()?;
+            Ok(Column { name, ty })
+        })
+    }
+
     fn name_list(&mut self) -> Result<Vec<String>, TdError> {
-        self.p('(')?;
-        let mut names = Vec::new();
-        loop {
-            names.push(self.ident()?);
-            if self.eat_p(')') {
-                return Ok(names);
-            }
-            self.p(',')?;
-        }
+        self.paren_list(Self::ident)
     }
 
     fn literal(&mut self) -> Result<Lit, TdError> {
@@ -602,15 +604,7 @@ impl<'a> Parser<'a> {
     }
 
     fn literal_list(&mut self) -> Result<Vec<Lit>, TdError> {
-        self.p('(')?;
-        let mut vals = Vec::new();
-        loop {
-            vals.push(self.literal()?);
-            if self.eat_p(')') {
-                return Ok(vals);
-            }
-            self.p(',')?;
-        }
+        self.paren_list(Self::literal)
     }
 }
 
