@@ -188,6 +188,12 @@ fn golden_the_cap_on_open_windows_drops_what_does_not_fit() {
 
 /// A tumbling processing-time step over `agg-chaos` (count `n`, sum `sum`).
 fn chaos_step() -> (Runtime, Aggregator, WindowOperator, ManualClock) {
+    chaos_window(r#"window = { kind = "tumbling", size = "10s", group_by = ["device"] }"#)
+}
+
+/// A processing-time window step over `agg-chaos` (count `n`, sum `sum`),
+/// the clock at 1 s.
+fn chaos_window(fragment: &str) -> (Runtime, Aggregator, WindowOperator, ManualClock) {
     let runtime = runtime();
     let plugin = runtime
         .load(Path::new(weir_test_artifacts::AGG_CHAOS))
@@ -200,15 +206,37 @@ fn chaos_step() -> (Runtime, Aggregator, WindowOperator, ManualClock) {
         &runtime,
         dir.path(),
         weir_test_artifacts::AGG_CHAOS,
-        r#"window = { kind = "tumbling", size = "10s", group_by = ["device"] }"#,
+        fragment,
     );
     let clock = ManualClock::new(1_000);
     let op = WindowOperator::new("chaos", spec, Arc::new(clock.clone()));
     (runtime, agg, op, clock)
 }
 
+/// `(device, n, sum)` of each output, sorted.
+fn counts(step: &Step) -> Vec<(String, u64, f64)> {
+    let mut got: Vec<(String, u64, f64)> = step
+        .outputs
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            (
+                v["device"].as_str().unwrap().to_owned(),
+                v["n"].as_u64().unwrap(),
+                v["sum"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    got
+}
+
+fn row(device: &str, n: u64, sum: f64) -> (String, u64, f64) {
+    (device.to_owned(), n, sum)
+}
+
 #[test]
-fn a_trap_in_add_fails_the_open_windows_not_the_rule() {
+fn a_trap_in_add_fails_only_that_window_and_the_others_keep_their_state() {
     let (_rt, mut agg, mut op, clock) = chaos_step();
     let step = op.process(
         &mut agg,
@@ -218,28 +246,33 @@ fn a_trap_in_add_fails_the_open_windows_not_the_rule() {
         ],
     );
     assert!(step.rejected.is_empty());
-    // The panic takes the instance, and with it every accumulator.
+    // The panic takes the instance; b and c are rebuilt, a is given up.
     clock.set(2_000);
     let step = op.process(
         &mut agg,
-        vec![reading("a", &json!({"panic": true, "v": 5}), 0)],
+        vec![
+            reading("b", &json!({"v": 10}), 0),
+            reading("a", &json!({"panic": true, "v": 5}), 0),
+            reading("b", &json!({"v": 20}), 0),
+            reading("c", &json!({"v": 4}), 0),
+        ],
     );
-    assert_eq!(step.rejected.len(), 1);
-    assert_eq!(step.rejected[0].kind, FailureKind::Trap.as_str());
+    let rejected: Vec<_> = step.rejected.iter().map(|r| (r.input, r.kind)).collect();
+    assert_eq!(rejected, vec![(1, FailureKind::Trap.as_str())]);
     assert!(
         step.rejected[0].reason.contains("asked to panic in add"),
         "{:?}",
         step.rejected
     );
-    assert_eq!(op.stats().failed, 2, "windows a and b failed");
-    // A later event for the failed window is dropped, counted; the window
-    // produces nothing.
+    // A later event for the failed window is dropped, counted.
     clock.set(3_000);
     let step = op.process(&mut agg, vec![reading("a", &json!({"v": 7}), 0)]);
     assert_eq!(step.rejected[0].kind, "window_failed");
     clock.set(10_000);
-    assert!(op.tick(&mut agg).outputs.is_empty());
-    // The rule goes on: the next window works, on a fresh instance.
+    let step = op.tick(&mut agg);
+    assert_eq!(counts(&step), vec![row("b", 3, 32.0), row("c", 1, 4.0)]);
+    assert_eq!(op.stats().failed, 1, "window a only");
+    // The rule goes on: a's next window works.
     clock.set(11_000);
     let step = op.process(&mut agg, vec![reading("a", &json!({"v": 3}), 0)]);
     assert!(step.rejected.is_empty(), "{:?}", step.rejected);
@@ -251,18 +284,119 @@ fn a_trap_in_add_fails_the_open_windows_not_the_rule() {
         out,
         json!({"window_start": 10000, "window_end": 20000, "device": "a", "n": 1, "sum": 3.0})
     );
-    assert_eq!(agg.stats().restarts, 1);
+    // One instance for the whole batch's trap, one for a's own retry.
+    assert_eq!(agg.stats().restarts, 2);
+}
+
+#[test]
+fn after_a_checkpoint_a_trap_rebuilds_the_other_windows_from_their_snapshots() {
+    let (_rt, mut agg, mut op, clock) = chaos_step();
+    // 5000 messages over 10 devices: enough to fold the journal into a
+    // checkpoint of snapshots.
+    let batch: Vec<Message> = (0..5000)
+        .map(|i| reading(&format!("d{}", i % 10), &json!({"v": 1}), 0))
+        .collect();
+    assert!(op.process(&mut agg, batch).rejected.is_empty());
+    assert_eq!(agg.stats().checkpoints, 1);
+    clock.set(2_000);
+    let step = op.process(
+        &mut agg,
+        vec![
+            reading("d1", &json!({"v": 2}), 0),
+            reading("d3", &json!({"panic": true}), 0),
+            reading("d5", &json!({"v": 2}), 0),
+        ],
+    );
+    assert_eq!(step.rejected.len(), 1);
+    clock.set(10_000);
+    let step = op.tick(&mut agg);
+    let want: Vec<_> = (0..10)
+        .filter(|d| *d != 3)
+        .map(|d| match d {
+            1 | 5 => row(&format!("d{d}"), 501, 502.0),
+            _ => row(&format!("d{d}"), 500, 500.0),
+        })
+        .collect();
+    assert_eq!(counts(&step), want);
+    assert_eq!(op.stats().failed, 1);
+}
+
+#[test]
+fn a_trap_in_a_hopping_pane_fails_the_windows_holding_that_pane_only() {
+    let (_rt, mut agg, mut op, clock) = chaos_window(
+        r#"window = { kind = "hopping", size = "10s", hop = "5s", group_by = ["device"] }"#,
+    );
+    op.process(
+        &mut agg,
+        vec![
+            reading("a", &json!({"v": 1}), 0),
+            reading("b", &json!({"v": 1}), 0),
+        ],
+    );
+    clock.set(6_000);
+    // [-5 s, 5 s) closes: both devices, one event each.
+    let step = op.process(&mut agg, vec![reading("a", &json!({"v": 2}), 0)]);
+    assert_eq!(counts(&step), vec![row("a", 1, 1.0), row("b", 1, 1.0)]);
+    clock.set(7_000);
+    let step = op.process(
+        &mut agg,
+        vec![
+            reading("a", &json!({"panic": true}), 0),
+            reading("b", &json!({"v": 3}), 0),
+        ],
+    );
+    assert_eq!(step.rejected.len(), 1);
+    // a's pane [5 s, 10 s) is gone: both windows holding it fail.
+    clock.set(10_000);
+    assert_eq!(counts(&op.tick(&mut agg)), vec![row("b", 2, 4.0)]);
+    clock.set(15_000);
+    assert_eq!(counts(&op.tick(&mut agg)), vec![row("b", 1, 3.0)]);
+    assert_eq!(op.stats().failed, 2);
+}
+
+#[test]
+fn a_trap_in_a_sliding_window_fails_only_the_windows_holding_that_event() {
+    let (_rt, mut agg, mut op, clock) =
+        chaos_window(r#"window = { kind = "sliding", size = "10s", group_by = ["device"] }"#);
+    op.process(
+        &mut agg,
+        vec![
+            reading("a", &json!({"v": 1}), 0),
+            reading("b", &json!({"v": 2}), 0),
+        ],
+    );
+    clock.set(2_000);
+    let step = op.process(
+        &mut agg,
+        vec![
+            reading("a", &json!({"panic": true}), 0),
+            reading("b", &json!({"v": 3}), 0),
+        ],
+    );
+    assert_eq!(counts(&step), vec![row("a", 1, 1.0), row("b", 1, 2.0)]);
+    // Both windows ending at 2 s are built in one call; a's holds the
+    // panicking event and fails alone.
+    clock.set(2_500);
+    assert_eq!(counts(&op.tick(&mut agg)), vec![row("b", 2, 5.0)]);
+    assert_eq!(op.stats().failed, 1);
 }
 
 #[test]
 fn a_trap_in_finish_fails_that_windows_output_and_the_next_window_works() {
     let (_rt, mut agg, mut op, clock) = chaos_step();
-    op.process(&mut agg, vec![reading("boom", &json!({"v": 1}), 0)]);
+    op.process(
+        &mut agg,
+        vec![
+            reading("boom", &json!({"v": 1}), 0),
+            reading("calm", &json!({"v": 2}), 0),
+        ],
+    );
+    // Both windows are finished in one call; boom's panics alone.
     clock.set(10_000);
     let step = op.tick(&mut agg);
-    assert!(step.outputs.is_empty());
+    assert_eq!(counts(&step), vec![row("calm", 1, 2.0)]);
     assert_eq!(op.stats().failed, 1);
-    assert_eq!(op.stats().fired, 0);
+    assert_eq!(op.stats().fired, 1);
     clock.set(12_000);
     op.process(&mut agg, vec![reading("ok", &json!({"v": 4}), 0)]);
     clock.set(20_000);
@@ -270,7 +404,7 @@ fn a_trap_in_finish_fails_that_windows_output_and_the_next_window_works() {
     assert_eq!(step.outputs.len(), 1);
     assert_eq!(step.outputs[0].fields.get("device"), Some("ok"));
     assert_eq!(step.outputs[0].fields.get("window_start"), Some("10000"));
-    assert_eq!(op.stats().fired, 1);
+    assert_eq!(op.stats().fired, 2);
 }
 
 #[test]
@@ -633,4 +767,34 @@ to = ["out"]
         other => other.clone(),
     };
     assert_eq!(payload, json!({"ts": 1200, "v": 100}), "sent on unchanged");
+}
+
+#[test]
+fn a_session_that_lost_its_state_fails_alone_even_when_a_late_event_bridges_it() {
+    let (_rt, mut agg, mut op, _clock) = chaos_window(
+        r#"window = { kind = "session", gap = "5s", group_by = ["device"], time_field = "ts", time_format = "s", max_out_of_orderness = "30s" }"#,
+    );
+    let step = op.process(
+        &mut agg,
+        vec![
+            reading("a", &json!({"ts": 1, "v": 1}), 0),
+            reading("b", &json!({"ts": 1, "v": 1}), 0),
+            reading("a", &json!({"ts": 9, "v": 1}), 0),
+            reading("a", &json!({"ts": 10, "panic": true}), 0),
+            reading("b", &json!({"ts": 2, "v": 1}), 0),
+        ],
+    );
+    // a's second session (lines 2 and 3) is given up with the event that
+    // panicked in it.
+    let trap = FailureKind::Trap.as_str();
+    let rejected: Vec<_> = step.rejected.iter().map(|r| (r.input, r.kind)).collect();
+    assert_eq!(rejected, vec![(2, trap), (3, trap)]);
+    // Out of order, within the bound: bridges a's two sessions, one of
+    // which is lost, so the merged session is lost too.
+    let step = op.process(&mut agg, vec![reading("a", &json!({"ts": 5, "v": 1}), 0)]);
+    let rejected: Vec<_> = step.rejected.iter().map(|r| (r.input, r.kind)).collect();
+    assert_eq!(rejected, vec![(0, "window_failed")]);
+    // b's session is intact; a's produces nothing.
+    assert_eq!(counts(&op.flush(&mut agg)), vec![row("b", 2, 2.0)]);
+    assert_eq!(op.stats().failed, 1);
 }

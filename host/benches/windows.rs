@@ -16,6 +16,8 @@
 //! - the same loop with a native accumulator that does nothing (the host's
 //!   own cost: group lookup, window assignment, watermark, output
 //!   composition), and the ratio between the two;
+//! - the stats plugin without trap isolation (no checkpoint, no journal:
+//!   a trap would fail every open window), and what isolation costs;
 //! - **memory**: RSS (`VmRSS`) before the 10 000 devices' windows exist and
 //!   with all of them open (host state plus the guest's accumulators, whose
 //!   linear memory is part of the process), per window; the peak
@@ -179,6 +181,15 @@ fn main() {
         "one average per device and window"
     );
     let (native_s, _, _) = run(&mut Nothing, &batches, windows);
+    // The same plugin without the journal that confines a trap to its own
+    // window (what a trap cost before: every open window).
+    let mut bare = plugin
+        .instantiate_aggregator("stats", &config, Limits::default())
+        .expect("stats starts");
+    bare.set_trap_isolation(false);
+    run(&mut bare, &batches[..1], 1);
+    let (bare_s, _, _) = run(&mut bare, &batches, windows);
+    let bare_us = bare_s * 1e6 / n as f64;
     let wasm_us = wasm_s * 1e6 / n as f64;
     let native_us = native_s * 1e6 / n as f64;
     println!(
@@ -187,6 +198,12 @@ fn main() {
     println!(
         "  stats plugin (wasm):     {:>9.0} msg/s per core, {wasm_us:.2} µs/msg",
         n as f64 / wasm_s
+    );
+    println!(
+        "  stats, no trap isolation: {:>8.0} msg/s per core, {bare_us:.2} µs/msg (isolation costs {:.2} µs/msg, x{:.2})",
+        n as f64 / bare_s,
+        wasm_us - bare_us,
+        wasm_us / bare_us
     );
     println!(
         "  host only (no-op acc):   {:>9.0} msg/s per core, {native_us:.2} µs/msg",

@@ -22,6 +22,7 @@ mod cache;
 mod contract;
 mod host;
 mod instance;
+mod journal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,7 @@ pub use self::aggregate::{Aggregator, AggregatorStats, StateLost};
 pub use self::cache::LoadSource;
 pub use self::contract::{ComponentInfo, ContractError};
 pub use self::instance::{BatchOutcome, Failure, FailureKind, Instance, Output, PluginError};
+pub use self::journal::LostAccumulator;
 
 use self::cache::ArtifactCache;
 use self::host::HostState;

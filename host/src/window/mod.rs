@@ -68,10 +68,16 @@
 //! # Failures
 //!
 //! A message whose time or group key cannot be read, or that the plugin
-//! rejects, fails alone. A trap in the plugin loses every accumulator of
-//! its instance: the windows open at that moment produce no output (counted
-//! and logged as failed windows, and later events for them are dropped,
-//! counted, until they would have ended), and the rule goes on.
+//! rejects, fails alone. A trap in the plugin (or a deadline overrun, or
+//! the memory cap) fails the window it happened in: the aggregator rebuilds
+//! every other accumulator on a fresh instance and gives up that one
+//! ([`Accumulators::take_lost`]). The window produces no output (counted
+//! and logged as failed), its events of that batch fail with the trap's
+//! reason, later events for it are dropped, counted, and a window built
+//! from it (a hopping window over a lost pane, a session bridged to a
+//! lost one) fails too. Only when nothing can be rebuilt (the plugin
+//! cannot snapshot, or cannot start) is every open window lost. The rule
+//! goes on.
 //!
 //! What this module must never do: read the system clock itself, or keep
 //! anything per group or window beyond the cap.
@@ -86,8 +92,12 @@ use bytes::Bytes;
 pub use self::time::{
     Clock, ManualClock, SystemClock, TimeFormat, Watermark, parse_event_time, parse_rfc3339,
 };
-use crate::engine::{Aggregator, BatchOutcome, Failure, StateLost};
+use crate::engine::{Aggregator, BatchOutcome, Failure, LostAccumulator, StateLost};
 use crate::message::{Fields, Message};
+
+/// Why an event for a window whose state was lost is refused.
+const LOST_WINDOW: &str =
+    "its window lost its state to a plugin failure earlier; the window produces no output";
 
 /// Default of `max_open`: open windows × groups per window step.
 pub const DEFAULT_MAX_OPEN: usize = 100_000;
@@ -279,6 +289,11 @@ pub trait Accumulators {
     fn finish(&mut self, windows: Vec<(u32, Message)>) -> Result<BatchOutcome, StateLost>;
     /// Releases accumulators.
     fn discard(&mut self, ids: &[u32]) -> Result<(), StateLost>;
+    /// Accumulators given up since the last call (a trap in one of them):
+    /// their windows fail; every other accumulator is intact.
+    fn take_lost(&mut self) -> Vec<LostAccumulator> {
+        Vec::new()
+    }
 }
 
 impl Accumulators for Aggregator {
@@ -297,6 +312,9 @@ impl Accumulators for Aggregator {
     }
     fn discard(&mut self, ids: &[u32]) -> Result<(), StateLost> {
         Aggregator::discard(self, ids)
+    }
+    fn take_lost(&mut self) -> Vec<LostAccumulator> {
+        Aggregator::take_lost(self)
     }
 }
 
@@ -469,6 +487,8 @@ impl Groups {
 struct Ids {
     next: u32,
     free: Vec<u32>,
+    /// Ids still in use whose state the plugin lost: `(kind, reason)`.
+    lost: HashMap<u32, (&'static str, String)>,
 }
 
 impl Ids {
@@ -479,7 +499,20 @@ impl Ids {
         })
     }
     fn put(&mut self, id: u32) {
+        self.lost.remove(&id);
         self.free.push(id);
+    }
+    /// Records what the plugin gave up; returns the ids.
+    fn absorb(&mut self, lost: Vec<LostAccumulator>) -> Vec<u32> {
+        lost.into_iter()
+            .map(|l| {
+                self.lost.insert(l.id, (l.kind.as_str(), l.reason));
+                l.id
+            })
+            .collect()
+    }
+    fn is_lost(&self, id: u32) -> bool {
+        !self.lost.is_empty() && self.lost.contains_key(&id)
     }
 }
 
@@ -676,6 +709,7 @@ impl WindowOperator {
     pub fn process(&mut self, acc: &mut impl Accumulators, messages: Vec<Message>) -> Step {
         let now = self.clock.now_ms();
         let mut step = Step::default();
+        self.ids.absorb(acc.take_lost());
         let (events, messages) = self.prepare(messages, now, &mut step);
         // Lateness is judged against the watermark before this batch.
         let watermark = self.watermark.current();
@@ -711,11 +745,43 @@ impl WindowOperator {
         }
         if !targets.is_empty() {
             match acc.accumulate(&messages, &targets) {
-                Ok(failures) => step.rejected.extend(failures.into_iter().map(|f| Rejected {
-                    input: events_input(&events, f.input),
-                    kind: "rejected",
-                    reason: f.reason,
-                })),
+                Ok(failures) => {
+                    step.rejected.extend(failures.into_iter().map(|f| Rejected {
+                        input: events_input(&events, f.input),
+                        kind: "rejected",
+                        reason: f.reason,
+                    }));
+                    // A trap gave up these accumulators: their events of
+                    // this batch fail with it.
+                    let lost = self.ids.absorb(acc.take_lost());
+                    let mut failed: Vec<usize> = Vec::new();
+                    for &(m, id) in &targets {
+                        if lost.contains(&id) {
+                            failed.push(m as usize);
+                        }
+                    }
+                    failed.sort_unstable();
+                    failed.dedup();
+                    for m in failed {
+                        let Some(input) = events.get(m).map(|e| e.input) else {
+                            continue;
+                        };
+                        if step.rejected.iter().any(|r| r.input == input) {
+                            continue;
+                        }
+                        let (kind, reason) = self.ids.lost[&targets
+                            .iter()
+                            .find(|&&(x, id)| x as usize == m && lost.contains(&id))
+                            .expect("found above")
+                            .1]
+                            .clone();
+                        step.rejected.push(Rejected {
+                            input,
+                            kind,
+                            reason,
+                        });
+                    }
+                }
                 Err(lost) => {
                     self.lose(&lost);
                     step.rejected.extend(events.iter().map(|e| Rejected {
@@ -999,6 +1065,10 @@ impl WindowOperator {
                 unreachable!()
             };
             let acc = match p.panes.get(&(e.gid, pane_start)) {
+                Some(existing) if self.ids.is_lost(existing.acc) => {
+                    self.lost_event(e.input, step);
+                    continue;
+                }
                 Some(existing) => existing.acc,
                 None => {
                     let acc = self.ids.take();
@@ -1117,9 +1187,17 @@ impl WindowOperator {
                 let other = list.remove(k);
                 index.remove(&(other.end(gap, max_len), e.gid, other.start));
                 let into = list[target].acc;
-                let merged = acc
-                    .merge(into, other.acc)
-                    .and_then(|()| acc.discard(&[other.acc]));
+                let merged = if let Some(why) = self.ids.lost.get(&other.acc).cloned() {
+                    // The merged session lacks what the lost one held.
+                    self.ids.lost.entry(into).or_insert(why);
+                    acc.discard(&[other.acc])
+                } else if self.ids.is_lost(into) {
+                    acc.discard(&[other.acc])
+                } else {
+                    acc.merge(into, other.acc)
+                        .and_then(|()| acc.discard(&[other.acc]))
+                };
+                self.ids.absorb(acc.take_lost());
                 self.ids.put(other.acc);
                 self.groups.release(e.gid);
                 if let Err(lost) = merged {
@@ -1144,7 +1222,12 @@ impl WindowOperator {
                 s.dirty = true;
             }
             index.insert((s.end(gap, max_len), e.gid, s.start));
-            targets.push((i as u32, s.acc));
+            let id = s.acc;
+            if self.ids.is_lost(id) {
+                self.lost_event(e.input, step);
+            } else {
+                targets.push((i as u32, id));
+            }
         }
     }
 
@@ -1183,11 +1266,22 @@ impl WindowOperator {
                 self.groups.retain(e.gid);
             }
             g.index += 1;
+            let mut fed = false;
             for w in g.open.iter_mut() {
-                targets.push((i as u32, w.acc));
+                if !self.ids.is_lost(w.acc) {
+                    targets.push((i as u32, w.acc));
+                    fed = true;
+                }
                 w.seen += 1;
                 w.first = w.first.min(e.time);
                 w.last = w.last.max(e.time);
+            }
+            if !fed && !g.open.is_empty() {
+                step.rejected.push(Rejected {
+                    input: e.input,
+                    kind: "window_failed",
+                    reason: LOST_WINDOW.into(),
+                });
             }
             while g.open.front().is_some_and(|w| w.seen >= count) {
                 let w = g.open.pop_front().expect("checked");
@@ -1448,23 +1542,41 @@ impl WindowOperator {
     }
 
     /// Finishes due windows: builds accumulators that need building, one
-    /// `finish` call for all, then the outputs.
+    /// `finish` call for all, then the outputs. A window whose accumulator
+    /// (or one it is built from) was given up fails alone.
     fn fire(&mut self, acc: &mut impl Accumulators, mut due: Vec<Due>, step: &mut Step) {
         if due.is_empty() {
             return;
         }
         due.sort_by(|a, b| (a.end, a.start, &a.group.key).cmp(&(b.end, b.start, &b.group.key)));
-        let mut requests = Vec::with_capacity(due.len());
+        // The accumulator each window is finished from; `None`: failed.
+        let mut ids: Vec<Option<u32>> = Vec::with_capacity(due.len());
+        let mut failed: Vec<(&'static str, String)> = Vec::new();
         let mut feed_messages: Vec<Message> = Vec::new();
         let mut feed_targets: Vec<(u32, u32)> = Vec::new();
         let mut temps = Vec::new();
+        let mut release_lost = Vec::new();
         for d in &due {
+            let lost_input = match &d.source {
+                Source::Own(id) => self.ids.lost.get(id).cloned(),
+                Source::Merge(ids) => ids.iter().find_map(|id| self.ids.lost.get(id).cloned()),
+                Source::Events(_) => None,
+            };
+            if let Some(why) = lost_input {
+                if let Source::Own(id) = d.source {
+                    // Released here: make sure the guest holds none of it.
+                    release_lost.push(id);
+                }
+                failed.push(why);
+                ids.push(None);
+                continue;
+            }
             let id = match &d.source {
                 Source::Own(id) => *id,
-                Source::Merge(ids) => {
+                Source::Merge(sources) => {
                     let fresh = self.ids.take();
                     temps.push(fresh);
-                    for &source in ids {
+                    for &source in sources {
                         if let Err(lost) = acc.merge(fresh, source) {
                             self.lose(&lost);
                             self.fail_windows(due.len(), &lost.reason);
@@ -1483,15 +1595,7 @@ impl WindowOperator {
                     fresh
                 }
             };
-            let payload = format!("{{\"window_start\":{},\"window_end\":{}}}", d.start, d.end);
-            let description = Message {
-                topic: d.topic.clone(),
-                payload: Bytes::from(payload),
-                timestamp_ms: d.start,
-                qos: 0,
-                fields: d.group.fields.clone(),
-            };
-            requests.push((id, description));
+            ids.push(Some(id));
         }
         if !feed_targets.is_empty() {
             match acc.accumulate(&feed_messages, &feed_targets) {
@@ -1511,20 +1615,58 @@ impl WindowOperator {
                 }
             }
         }
-        // Own accumulators are released by `finish`; the ids come back.
+        // Accumulators built above that a trap gave up fail their window.
+        self.ids.absorb(acc.take_lost());
+        for slot in &mut ids {
+            if let Some(id) = *slot
+                && let Some(why) = self.ids.lost.get(&id)
+            {
+                failed.push(why.clone());
+                *slot = None;
+            }
+        }
+        let mut requests = Vec::with_capacity(due.len());
+        let mut request_due = Vec::with_capacity(due.len());
+        for (k, (d, id)) in due.iter().zip(&ids).enumerate() {
+            let Some(id) = *id else { continue };
+            let payload = format!("{{\"window_start\":{},\"window_end\":{}}}", d.start, d.end);
+            let description = Message {
+                topic: d.topic.clone(),
+                payload: Bytes::from(payload),
+                timestamp_ms: d.start,
+                qos: 0,
+                fields: d.group.fields.clone(),
+            };
+            requests.push((id, description));
+            request_due.push(k);
+        }
+        // Own accumulators are released by `finish` (or here, when lost);
+        // the ids come back.
+        if !release_lost.is_empty()
+            && let Err(lost) = acc.discard(&release_lost)
+        {
+            self.lose(&lost);
+            self.fail_windows(due.len(), &lost.reason);
+            return;
+        }
         for d in &due {
             if let Source::Own(id) = d.source {
                 self.ids.put(id);
             }
         }
+        // A given-up temporary is no longer held by the guest.
         for id in temps {
             self.ids.put(id);
+        }
+        if !failed.is_empty() {
+            self.stats.failed += failed.len() as u64;
+            crate::telemetry::window_failed(&self.name, failed[0].0, failed.len(), &failed[0].1);
         }
         let outcome = match acc.finish(requests) {
             Ok(outcome) => outcome,
             Err(lost) => {
                 self.lose(&lost);
-                self.fail_windows(due.len(), &lost.reason);
+                self.fail_windows(request_due.len(), &lost.reason);
                 return;
             }
         };
@@ -1540,10 +1682,10 @@ impl WindowOperator {
         }
         let mut fired = vec![false; due.len()];
         for out in outcome.outputs {
-            let d = &due[out.input];
-            match self.compose(d, out.message) {
+            let k = request_due[out.input];
+            match self.compose(&due[k], out.message) {
                 Ok(m) => {
-                    fired[out.input] = true;
+                    fired[k] = true;
                     step.outputs.push(m);
                 }
                 Err(reason) => {
@@ -1601,7 +1743,7 @@ impl WindowOperator {
         step.rejected.push(Rejected {
             input,
             kind: "window_failed",
-            reason: "its window lost its state to a plugin failure earlier; the window produces no output".into(),
+            reason: LOST_WINDOW.into(),
         });
     }
 
