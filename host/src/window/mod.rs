@@ -25,7 +25,8 @@
 //!   trigger matches) closes a window over the group's events in
 //!   `(t - size, t]`; the host keeps those events, and a window is built
 //!   when it is due. Reported as `window_start = t - size`, `window_end =
-//!   t`.
+//!   t`. With `allowed_lateness`, a late event inside a finished window
+//!   finishes it again, as for the other kinds.
 //! - **session** `gap`, optional `max_length`: a group's events closer than
 //!   `gap` form one session; an event that bridges two sessions merges them
 //!   (their accumulators are merged). A session ends at `last + gap`, or at
@@ -571,6 +572,9 @@ struct CountGroup {
 struct SlidingGroup {
     /// Kept events `(time, message)`, sorted by time.
     events: VecDeque<(i64, Message)>,
+    /// Ends of windows finished and still within the allowed lateness: a
+    /// late event inside one finishes it again.
+    fired: BTreeSet<i64>,
 }
 
 impl SlidingGroup {
@@ -1345,6 +1349,11 @@ impl WindowOperator {
             if triggers {
                 index.insert((e.time, e.gid));
             }
+            // Finished windows `(end - size, end]` holding this late event
+            // are finished again, with it.
+            for &end in g.fired.range(e.time..e.time.saturating_add(size)) {
+                index.insert((end, e.gid));
+            }
         }
     }
 
@@ -1499,13 +1508,26 @@ impl WindowOperator {
                         break;
                     }
                     index.pop_first();
-                    let Some(g) = groups.get(&gid) else { continue };
+                    let Some(g) = groups.get_mut(&gid) else {
+                        continue;
+                    };
                     due.push(g.due(self.groups.view(gid), t, size));
+                    if lateness > 0 {
+                        g.fired.insert(t);
+                    }
                 }
                 // Kept events no future window can hold.
                 let horizon = wm.saturating_sub(lateness).saturating_sub(size);
                 let mut emptied = Vec::new();
                 for (&gid, g) in groups.iter_mut() {
+                    // Windows past their lateness are final.
+                    while g
+                        .fired
+                        .first()
+                        .is_some_and(|end| end.saturating_add(lateness) <= wm || all)
+                    {
+                        g.fired.pop_first();
+                    }
                     while g
                         .events
                         .front()

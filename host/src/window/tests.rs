@@ -284,3 +284,55 @@ fn flush_finishes_every_open_window_and_forgets_everything() {
     );
     assert_eq!((op.open(), op.groups()), (0, 0));
 }
+
+#[test]
+fn a_late_event_within_the_lateness_finishes_the_sliding_windows_holding_it_again() {
+    let clock = ManualClock::new(0);
+    let mut spec = spec(WindowKind::Sliding {
+        size_ms: 5_000,
+        trigger: None,
+    });
+    spec.time = TimeSource::Event {
+        field: "ts".into(),
+        format: TimeFormat::Ms,
+    };
+    spec.allowed_lateness_ms = 10_000;
+    let mut op = WindowOperator::new("t", spec, Arc::new(clock));
+    let mut acc = Recorder::default();
+    let at = |ts: i64, v: i64| {
+        let mut m = Message::new("d/a", format!("{{\"ts\":{ts},\"v\":{v}}}"), 0);
+        m.fields = Fields::from_pairs([("device", "a")]);
+        m
+    };
+    let a = "a".to_owned();
+    let step = op.process(&mut acc, vec![at(1_000, 1), at(3_000, 3)]);
+    assert_eq!(results(&step), vec![(-4_000, 1_000, a.clone(), vec![1])]);
+    let step = op.process(&mut acc, vec![at(4_000, 4)]);
+    assert_eq!(results(&step), vec![(-2_000, 3_000, a.clone(), vec![1, 3])]);
+    // Behind the watermark (4 s) but within the lateness: its own window,
+    // and the finished window ending at 3 s again, with it. The window
+    // ending at 1 s does not hold it.
+    let step = op.process(&mut acc, vec![at(2_000, 2)]);
+    assert_eq!(
+        results(&step),
+        vec![
+            (-3_000, 2_000, a.clone(), vec![1, 2]),
+            (-2_000, 3_000, a.clone(), vec![1, 2, 3]),
+        ]
+    );
+    // Past the lateness of the window ending at 3 s (13 s): final.
+    let step = op.process(&mut acc, vec![at(13_500, 9)]);
+    assert_eq!(
+        results(&step),
+        vec![(-1_000, 4_000, a.clone(), vec![1, 2, 3, 4])]
+    );
+    // The window ending at 4 s is still within its lateness (14 s): it
+    // takes a late event at 3 s.
+    let step = op.process(&mut acc, vec![at(3_500, 5)]);
+    assert!(results(&step).contains(&(-1_000, 4_000, a.clone(), vec![1, 2, 3, 4, 5])));
+    // Past every window's lateness: late, nothing finished again.
+    op.process(&mut acc, vec![at(20_000, 9)]);
+    let step = op.process(&mut acc, vec![at(3_600, 6)]);
+    assert!(results(&step).is_empty(), "{:?}", results(&step));
+    assert_eq!(step.late.len(), 1);
+}
