@@ -226,9 +226,7 @@ impl Aggregator {
         }
         let parts = journal::by_accumulator(targets);
         if let [(id, _)] = parts.as_slice() {
-            let at = self.journal.entries.len();
-            self.journal.give_up(at, *id, e.kind, &e.reason);
-            self.recover()?;
+            self.give_up(self.journal.entries.len(), *id, e)?;
             return Ok(Vec::new());
         }
         self.recover()?;
@@ -239,11 +237,7 @@ impl Aggregator {
                     self.journal.accumulate(messages, &part);
                     failures.extend(f);
                 }
-                Err(e) => {
-                    let at = self.journal.entries.len();
-                    self.journal.give_up(at, id, e.kind, &e.reason);
-                    self.recover()?;
-                }
+                Err(e) => self.give_up(self.journal.entries.len(), id, e)?,
             }
         }
         failures.sort_by_key(|f| f.input);
@@ -316,14 +310,7 @@ impl Aggregator {
     pub fn merge(&mut self, target: u32, source: u32) -> Result<(), StateLost> {
         match self.raw_merge(target, source) {
             Ok(()) => self.journal.merge(target, source),
-            Err(e) => {
-                if !self.journal.on {
-                    return Err(self.total_loss(e));
-                }
-                let at = self.journal.entries.len();
-                self.journal.give_up(at, target, e.kind, &e.reason);
-                self.recover()?;
-            }
+            Err(e) => self.give_up(self.journal.entries.len(), target, e)?,
         }
         self.checkpoint_if_due()
     }
@@ -468,12 +455,7 @@ impl Aggregator {
                     kind: e.kind,
                     reason: e.reason.clone(),
                 };
-                if !self.journal.on {
-                    return Err(self.total_loss(e));
-                }
-                let at = self.journal.entries.len();
-                self.journal.give_up(at, id, e.kind, &e.reason);
-                self.recover()?;
+                self.give_up(self.journal.entries.len(), id, e)?;
                 Err(lost)
             }
         }
@@ -502,13 +484,9 @@ impl Aggregator {
                     kind: e.kind,
                     reason: e.reason.clone(),
                 };
-                if !self.journal.on {
-                    return Err(self.total_loss(e));
-                }
+                // Journaled, then given up from that very entry.
                 self.journal.restore(id, state);
-                let at = self.journal.entries.len() - 1;
-                self.journal.give_up(at, id, e.kind, &e.reason);
-                self.recover()?;
+                self.give_up(self.journal.entries.len().saturating_sub(1), id, e)?;
                 Err(lost)
             }
         }
@@ -565,16 +543,23 @@ impl Aggregator {
                     self.journal.turn_off();
                     return Ok(());
                 }
-                Err(e) => {
-                    let at = self.journal.entries.len();
-                    self.journal.give_up(at, id, e.kind, &e.reason);
-                    self.recover()?;
-                }
+                Err(e) => self.give_up(self.journal.entries.len(), id, e)?,
             }
         }
         self.journal.checkpoint(snapshots);
         self.stats.checkpoints += 1;
         Ok(())
+    }
+
+    /// A call on accumulator `id` failed: gives it up from journal entry
+    /// `at` on and rebuilds the others (everything is lost when the journal
+    /// is off).
+    fn give_up(&mut self, at: usize, id: u32, e: CallError) -> Result<(), StateLost> {
+        if !self.journal.on {
+            return Err(self.total_loss(e));
+        }
+        self.journal.give_up(at, id, e.kind, &e.reason);
+        self.recover()
     }
 
     /// Rebuilds every accumulator on a fresh instance from the checkpoint
