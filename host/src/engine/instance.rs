@@ -282,35 +282,29 @@ impl Instance {
     /// The plugin's serialised state (its `snapshot` export). An error is
     /// the plugin's refusal, a failed call, or a plugin without state.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        let deadline = self.limits.batch_deadline;
-        let live = self
-            .live
-            .as_mut()
-            .ok_or("the instance was lost to a trap")?;
-        if live.state.is_none() {
-            return Err("the plugin does not export weir:plugin/state".into());
-        }
-        let called = call(live, deadline, |live| {
-            let f = &live.state.as_ref().expect("checked above").snapshot;
+        self.call_state("snapshot", |live| {
+            let f = &live.state.as_ref().expect("checked").snapshot;
             f.call(&mut live.store, ()).map(|(r,)| r)
-        });
-        match called {
-            Ok(r) => r,
-            Err(e) => {
-                self.live = None;
-                Err(format!(
-                    "snapshot failed ({}): {}",
-                    e.kind.as_str(),
-                    e.reason
-                ))
-            }
-        }
+        })
     }
 
     /// Replaces the state `init` built with `state` (its `restore`
     /// export). An error is the plugin's refusal or a failed call; the
     /// instance must then not be used.
     pub fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        self.call_state("restore", |live| {
+            let f = &live.state.as_ref().expect("checked").restore;
+            f.call(&mut live.store, (state.to_vec(),)).map(|(r,)| r)
+        })
+    }
+
+    /// One call into the `state` interface; a failed call loses the
+    /// instance.
+    fn call_state<R>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, String> {
         let deadline = self.limits.batch_deadline;
         let live = self
             .live
@@ -319,19 +313,11 @@ impl Instance {
         if live.state.is_none() {
             return Err("the plugin does not export weir:plugin/state".into());
         }
-        let called = call(live, deadline, |live| {
-            let f = &live.state.as_ref().expect("checked above").restore;
-            f.call(&mut live.store, (state.to_vec(),)).map(|(r,)| r)
-        });
-        match called {
+        match call(live, deadline, f) {
             Ok(r) => r,
             Err(e) => {
                 self.live = None;
-                Err(format!(
-                    "restore failed ({}): {}",
-                    e.kind.as_str(),
-                    e.reason
-                ))
+                Err(format!("{what} failed ({}): {}", e.kind.as_str(), e.reason))
             }
         }
     }
