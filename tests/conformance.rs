@@ -545,32 +545,103 @@ fn per_message_errors_over_mosquitto_carry_the_languages_own_text() {
 
 // ------------------------------------------------------- big guests --
 
-/// A Python guest (~18 MB, CPython inside) compiles once, with a progress
-/// line, and the next process loads it from the cache without compiling.
+/// A Python guest (~18 MB, CPython inside) at `weir run`'s first start
+/// compiles in the background, with a progress line: a rule with a Rust
+/// plugin runs meanwhile, and the Python rule starts once it is ready. The
+/// next process loads it from the cache without compiling.
 #[test]
-fn a_big_guest_compiles_once_and_the_next_start_loads_it_from_the_cache() {
-    let component = plugin("python", "filter").unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let inspect = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("--cache-dir")
-            .arg(cache.path())
-            .args(["plugin", "inspect", "--json"])
-            .arg(component)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-        (report, String::from_utf8_lossy(&out.stderr).into_owned())
+fn a_big_guest_compiles_in_the_background_once_and_the_next_start_loads_it_from_the_cache() {
+    let case = Case::load("filter");
+    let python = plugin("python", "filter").unwrap();
+    let rust = plugin("rust", "filter").unwrap();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = |lang: &str| dir.path().join(format!("out-{lang}.jsonl"));
+    let mut manifest = format!(
+        "[broker]\nurl = {}\nclient_id = \"weir-conformance-big-{}\"\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n",
+        toml_string(&broker.url()),
+        std::process::id()
+    );
+    for (lang, component) in [("rust", rust), ("python", python)] {
+        manifest += &format!(
+            "[plugins.{lang}]\npath = {path}\n[plugins.{lang}.config]\n{config}\n\
+             [sinks.out-{lang}]\ntype = \"file\"\npath = {out}\n\n\
+             [[rules]]\nname = \"{lang}\"\nfrom = [\"conf/{{device}}/in\"]\nqos = 1\n\
+             steps = [\"{lang}\"]\nto = [\"out-{lang}\"]\n\n",
+            path = toml_string(&component.display().to_string()),
+            config = toml::to_string(&case.config).unwrap(),
+            out = toml_string(&out(lang).display().to_string()),
+        );
+    }
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command.arg("--cache-dir").arg(&cache).arg("run").arg(&path);
+    let weir = Weir::spawn(command, dir.path().join("weir.log"));
+    weir.wait_for_log("Subscribed.", 1);
+
+    let inputs = case.inputs();
+    let publish = || {
+        let topics: Vec<String> = (inputs.iter())
+            .map(|i| i["topic"].as_str().unwrap().to_owned())
+            .collect();
+        let payloads: Vec<Vec<u8>> = (inputs.iter())
+            .map(|i| serde_json::to_vec(&i["payload"]).unwrap())
+            .collect();
+        publish_many_blocking(
+            &broker.url(),
+            move |i| topics[i].clone(),
+            move |i| payloads[i].clone(),
+            inputs.len(),
+            1,
+        );
     };
-    let (first, log) = inspect();
-    assert_eq!(first["compiled_from"], "source");
+    let expected: Vec<Value> = case.expected.iter().cloned().map(timeless).collect();
+    let got = |lang: &str| -> Vec<Value> { lines(&out(lang)).into_iter().map(timeless).collect() };
+
+    // The Rust rule runs while CPython compiles.
+    publish();
+    weir.wait_until("the Rust rule has written everything", |_| {
+        got("rust").len() >= expected.len()
+    });
+    let log = weir.log();
     assert!(
-        log.contains("Compiling a large plugin component") && log.contains("Compiled the plugin"),
+        log.contains("Compiling the plugin in the background")
+            && !log.contains("Plugin compiled; starting its rules."),
+        "the Rust rule waited for the Python compile:\n{log}"
+    );
+    let health: Value = serde_json::from_str(&weir.http_get("/health").1).unwrap();
+    assert_eq!(health["rules"]["rust"]["state"], "running", "{health}");
+    assert_eq!(health["rules"]["python"]["state"], "starting", "{health}");
+    assert!(got("python").is_empty());
+
+    // Then the Python rule starts, and runs like the Rust one.
+    weir.wait_for_log("rules added: python", 1);
+    publish();
+    weir.wait_until("the Python rule has written everything", |_| {
+        got("python").len() >= expected.len()
+    });
+    let (_, log) = weir.terminate();
+    assert_eq!(got("python"), expected, "{log}");
+    assert_eq!(got("rust"), [expected.clone(), expected].concat(), "{log}");
+    assert!(
+        log.contains("Compiled the plugin component"),
         "no progress line:\n{log}"
     );
-    let (second, log) = inspect();
-    assert_eq!(second["compiled_from"], "cache");
+
+    let inspected = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["plugin", "inspect", "--json"])
+        .arg(python)
+        .output()
+        .unwrap();
+    assert!(inspected.status.success(), "{inspected:?}");
+    let report: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(report["compiled_from"], "cache");
+    let log = String::from_utf8_lossy(&inspected.stderr);
     assert!(!log.contains("Compiling"), "compiled again:\n{log}");
 }
 

@@ -61,13 +61,30 @@ fn replace_atomically(path: &Path, bytes: &[u8]) {
 /// The component with a custom section appended: another build (another
 /// content hash) of the same code.
 fn rebuilt(component: &str, tag: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(component).unwrap();
+    with_custom_section(std::fs::read(component).unwrap(), tag.as_bytes())
+}
+
+/// `bytes` with a custom section `weir-test-build` holding `content`.
+fn with_custom_section(mut bytes: Vec<u8>, content: &[u8]) -> Vec<u8> {
+    fn leb128(out: &mut Vec<u8>, mut n: usize) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
     let name = b"weir-test-build";
-    let size = 1 + name.len() + tag.len();
-    assert!(size < 128, "one-byte LEB128 size");
-    bytes.extend_from_slice(&[0, size as u8, name.len() as u8]);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(tag.as_bytes());
+    let mut section = Vec::new();
+    leb128(&mut section, name.len());
+    section.extend_from_slice(name);
+    section.extend_from_slice(content);
+    bytes.push(0);
+    leb128(&mut bytes, section.len());
+    bytes.extend_from_slice(&section);
     bytes
 }
 
@@ -709,6 +726,129 @@ fn polling_sees_a_replaced_plugin_and_a_plugin_the_reloaded_manifest_added_in_a_
     assert!(
         got.iter().all(|l| l["payload"]["tag"] == "tag-v2"),
         "{got:?}"
+    );
+    weir.terminate();
+}
+
+/// A large plugin that is not compiled yet (a JavaScript or Python guest at
+/// its first start) compiles in the background: the rule that does not use
+/// it runs at once. One that cannot compile holds up only its own rule,
+/// with the compiler's error in the log; a good build put in its place
+/// compiles in turn and its rule starts. (The large plugins here are made
+/// large with a custom section; the Python guest of `tests/conformance.rs`
+/// shows the same with a compile that takes seconds.)
+#[test]
+fn a_large_plugin_compiles_in_the_background_and_holds_up_only_its_own_rule() {
+    const N: usize = 500;
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.wasm");
+    let big = dir.path().join("big.wasm");
+    let (small_out, big_out) = (dir.path().join("small.jsonl"), dir.path().join("big.jsonl"));
+    std::fs::write(&small, std::fs::read(weir_test_artifacts::TAG_V1).unwrap()).unwrap();
+    // A component header, then 1.5 MB that do not compile.
+    let mut broken = b"\0asm\x0d\0\x01\0".to_vec();
+    broken.resize(1_500_000, 0xff);
+    std::fs::write(&big, &broken).unwrap();
+    let manifest = format!(
+        r#"
+[broker]
+url = "{url}"
+client_id = "weir-reload-{id}"
+
+[plugins.small]
+path = "{small}"
+[plugins.big]
+path = "{big}"
+
+[sinks.small]
+type = "file"
+path = "{small_out}"
+[sinks.big]
+type = "file"
+path = "{big_out}"
+
+[[rules]]
+name = "small"
+from = ["small/{{device}}"]
+qos = 1
+steps = ["small"]
+to = ["small"]
+
+[[rules]]
+name = "big"
+from = ["big/{{device}}"]
+qos = 1
+steps = ["big"]
+to = ["big"]
+"#,
+        url = broker.url(),
+        id = unique(),
+        small = toml_path(&small),
+        big = toml_path(&big),
+        small_out = toml_path(&small_out),
+        big_out = toml_path(&big_out),
+    );
+    let weir = run(dir.path(), &manifest, 1, &[]);
+    let compiling = weir.lines_with("Compiling the plugin in the background");
+    assert!(
+        compiling.len() == 1
+            && compiling[0].contains("plugin=\"big\"")
+            && compiling[0].contains("rules=\"big\""),
+        "{compiling:?}"
+    );
+
+    // The small rule runs; the big one waits and then fails to compile,
+    // with the file and the compiler's error in the log.
+    publish(&broker, "small/a", 0, N as u64, "seq");
+    let got = weir.wait_for_lines(&small_out, N);
+    assert!(got.iter().all(|l| l["payload"]["tag"] == "tag-v1"));
+    weir.wait_for_log("The plugin cannot start", 1);
+    let failed = weir.lines_with("The plugin cannot start").pop().unwrap();
+    assert!(
+        failed.contains("cannot compile")
+            && failed.contains("big.wasm")
+            && failed.contains("rules=\"big\""),
+        "names the file, the cause and the rule: {failed}"
+    );
+    let health: Value = serde_json::from_str(&weir.http_get("/health").1).unwrap();
+    assert_eq!(health["rules"]["small"]["state"], "running", "{health}");
+    assert_eq!(health["rules"]["big"]["state"], "failed", "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(
+        weir.lines_with("Plugin compiled; starting its rules.")
+            .len(),
+        0
+    );
+
+    // A good large build in its place: compiled in turn, then its rule runs.
+    let good = with_custom_section(
+        std::fs::read(weir_test_artifacts::TAG_V2).unwrap(),
+        &vec![b'x'; 1_500_000],
+    );
+    replace_atomically(&big, &good);
+    weir.wait_for_log("Plugin compiled; starting its rules.", 1);
+    weir.wait_for_log("rules added: big", 1);
+    weir.wait_for_log("Subscribed.", 2);
+    publish(&broker, "big/b", 0, N as u64, "seq");
+    let got = weir.wait_for_lines(&big_out, N);
+    assert!(
+        got.iter().all(|l| l["payload"]["tag"] == "tag-v2"),
+        "{:?}",
+        got[0]
+    );
+    weir.wait_for_health("both rules running", |_, h| {
+        h["rules"]["big"]["state"] == "running" && h["status"] == "ok"
+    });
+    assert_eq!(
+        weir.metric_matching(&["weir_plugin_start_failures_total", "plugin=\"big\""]),
+        1.0,
+        "the broken build is reported once"
+    );
+    assert_eq!(
+        lines(&small_out).len(),
+        N,
+        "the small rule saw only its own messages"
     );
     weir.terminate();
 }

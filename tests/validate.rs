@@ -81,6 +81,7 @@ fn check(runtime: &Runtime, workspace: &Path, fixture: &Path, sub: &str) -> conf
         &Options {
             shown_as: Some(&shown),
             env: &env,
+            ..Options::default()
         },
     )
 }

@@ -81,7 +81,8 @@ to = ["null"]
     )
     .unwrap();
     let runtime = Runtime::new(RuntimeOptions { cache_dir: None }).unwrap();
-    let config = weir::config::load(&manifest, &runtime).expect("the bench manifest is valid");
+    let config = weir::config::load(&manifest, &runtime, weir::config::Compile::Now)
+        .expect("the bench manifest is valid");
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

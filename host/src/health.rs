@@ -41,7 +41,8 @@ struct State {
 pub enum RuleState {
     /// Taking messages and passing them on.
     Running,
-    /// Being (re)built, e.g. during a reload.
+    /// Being (re)built: during a reload, or waiting for its plugin's
+    /// first compile.
     Starting,
     /// Stopped on purpose (shutting down).
     Stopped,

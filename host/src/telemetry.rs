@@ -442,6 +442,10 @@ pub const RELOADS: &str = "weir_reloads_total";
 /// Plugin hot reloads per plugin. Labels: `plugin`, `outcome` = `applied`
 /// or `failed`.
 pub const PLUGIN_RELOADS: &str = "weir_plugin_reloads_total";
+/// Plugins compiled in the background (a large guest's first start) whose
+/// rules could not start: the plugin does not compile, or refuses a step's
+/// config. Labels: `plugin`.
+pub const PLUGIN_START_FAILURES: &str = "weir_plugin_start_failures_total";
 /// How long a plugin swap paused a rule, in seconds. Labels: `rule`.
 pub const RELOAD_PAUSE_SECONDS: &str = "weir_reload_pause_seconds";
 
@@ -467,6 +471,19 @@ pub fn plugin_swapped(
     );
     metrics::histogram!(RELOAD_PAUSE_SECONDS, "rule" => rule.to_owned())
         .record(pause.as_secs_f64());
+}
+
+/// Logs and counts a plugin compiled in the background whose rules cannot
+/// start; `problems` says why, `rules` names them.
+pub fn plugin_start_failed(plugin: &str, file: &str, rules: &str, problems: &str) {
+    tracing::error!(
+        plugin,
+        file,
+        rules,
+        problems,
+        "The plugin cannot start; the rules that use it stay stopped, the others run on."
+    );
+    counter!(PLUGIN_START_FAILURES, "plugin" => plugin.to_owned()).increment(1);
 }
 
 /// Logs and counts a plugin reload that was refused: the old version keeps

@@ -57,7 +57,7 @@ pub(super) fn run(args: DemoArgs, options: RuntimeOptions) -> anyhow::Result<Exi
 
     runtime()?.block_on(async move {
         let runtime = Runtime::new(options)?;
-        let config = crate::config::load(&manifest, &runtime)
+        let config = crate::config::load(&manifest, &runtime, crate::config::Compile::Now)
             .map_err(|d| anyhow::anyhow!("the demo manifest is invalid:\n{d}"))?;
         let metrics = crate::telemetry::install_prometheus();
         let running = Running::start(&config).await?;

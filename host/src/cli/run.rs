@@ -1,6 +1,11 @@
 //! `weir run`: the pipeline, until SIGINT or SIGTERM.
 //!
 //! Start-up refuses an invalid manifest (every problem is printed, exit 1).
+//! A large plugin that is not compiled yet (a JavaScript or Python guest's
+//! first start) compiles in the background: the rules that do not use it
+//! start at once, its own once it is ready ([`Reloader::compile_waiting`]);
+//! its steps' config is checked then, and a refusal is logged while the
+//! other rules keep running.
 //! While running, the manifest and every plugin file it names are watched
 //! and hot-reloaded ([`crate::reload`]); `SIGHUP` reloads the manifest too,
 //! and `--no-watch` leaves only `SIGHUP`. On SIGINT/SIGTERM intake stops,
@@ -17,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::broker::EmbeddedBroker;
 #[cfg(not(feature = "embedded-broker"))]
 type EmbeddedBroker = std::convert::Infallible;
-use crate::config::Config;
+use crate::config::{Compile, Config};
 use crate::engine::{Runtime, RuntimeOptions};
 use crate::health::{Health, RuleState};
 use crate::pipeline::Pipeline;
@@ -48,7 +53,7 @@ pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<Exit
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let runtime = Runtime::new(options)?;
-        let config = match crate::config::load(&args.manifest, &runtime) {
+        let config = match crate::config::load(&args.manifest, &runtime, Compile::Background) {
             Ok(config) => config,
             Err(diagnostics) => {
                 eprint!("{diagnostics}");
@@ -63,6 +68,7 @@ pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<Exit
             running.health.clone(),
             changes_tx.clone(),
         );
+        reloader.compile_waiting();
         let mut watcher = if args.no_watch {
             None
         } else {
@@ -77,6 +83,7 @@ pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<Exit
         tracing::info!(
             manifest = %args.manifest.display(),
             rules = config.rules.len(),
+            waiting = config.waiting.len(),
             sinks = config.sinks.len(),
             "Running."
         );
@@ -159,6 +166,9 @@ impl Running {
         let pipeline = Pipeline::start(config).await?;
         for rule in &config.rules {
             health.set_rule(&rule.name, RuleState::Running);
+        }
+        for rule in &config.waiting {
+            health.set_rule(&rule.name, RuleState::Starting);
         }
         release_startup_memory();
         let mut watchers = tokio::task::JoinSet::new();

@@ -63,6 +63,8 @@ pub struct Options<'a> {
     pub shown_as: Option<&'a str>,
     /// Where `${env:NAME}` is looked up.
     pub env: Environment<'a>,
+    /// When plugins are compiled.
+    pub compile: Compile,
 }
 
 impl Default for Options<'_> {
@@ -70,14 +72,35 @@ impl Default for Options<'_> {
         Options {
             shown_as: None,
             env: &process_env,
+            compile: Compile::Now,
         }
     }
 }
 
+/// When validation compiles the plugins it loads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compile {
+    /// Every plugin, before the model is returned: every problem is known
+    /// (`weir validate`).
+    #[default]
+    Now,
+    /// All but the large components that are not compiled yet (a
+    /// JavaScript or Python guest at its first start): those are listed in
+    /// [`Config::compiling`], and the rules that use them in
+    /// [`Config::waiting`] instead of [`Config::rules`], checked in full
+    /// except for their steps' config, which the plugin's `init` checks
+    /// once it has compiled (`weir run`).
+    Background,
+}
+
 /// Parses and validates a manifest: the model, or every problem at once.
 /// Warnings of a valid manifest are logged.
-pub fn load(path: &Path, runtime: &Runtime) -> Result<Config, Diagnostics> {
-    let checked = check(path, runtime, &Options::default());
+pub fn load(path: &Path, runtime: &Runtime, compile: Compile) -> Result<Config, Diagnostics> {
+    let options = Options {
+        compile,
+        ..Options::default()
+    };
+    let checked = check(path, runtime, &options);
     for w in checked.diagnostics.warnings() {
         tracing::warn!(
             file = %w.file,
@@ -109,7 +132,7 @@ pub fn check(path: &Path, runtime: &Runtime, options: &Options<'_>) -> Checked {
             };
         }
     };
-    check_source(&source, path, &shown, runtime, options.env)
+    check_source(&source, path, &shown, runtime, options)
 }
 
 fn check_source(
@@ -117,13 +140,13 @@ fn check_source(
     path: &Path,
     shown: &str,
     runtime: &Runtime,
-    env: Environment<'_>,
+    options: &Options<'_>,
 ) -> Checked {
     let mut r = diagnostic::Reporter::new(shown, source);
     let config = shape::Node::parse(source, &mut r).and_then(|mut root| {
-        root.resolve_env(env, &mut r);
+        root.resolve_env(options.env, &mut r);
         let bad_items = shape::Shape::check_manifest(schema(), &mut root, &mut r);
-        validate::Validator::new(&root, &bad_items, &mut r, path, runtime).run()
+        validate::Validator::new(&root, &bad_items, &mut r, path, runtime, options.compile).run()
     });
     let diagnostics = r.finish();
     Checked {

@@ -38,6 +38,21 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     /// Rules, in manifest order.
     pub rules: Vec<RuleConfig>,
+    /// Plugins not compiled yet, by name, with their files: loaded with
+    /// [`super::Compile::Background`], weir compiles them off the start
+    /// path. Empty otherwise.
+    pub compiling: BTreeMap<String, PathBuf>,
+    /// Rules that wait for a plugin in `compiling`, in manifest order.
+    pub waiting: Vec<WaitingRule>,
+}
+
+/// A rule that starts when its plugins have compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitingRule {
+    /// The rule's name.
+    pub name: String,
+    /// The plugins of [`Config::compiling`] its steps run.
+    pub plugins: BTreeSet<String>,
 }
 
 /// An MQTT connection.

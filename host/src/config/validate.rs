@@ -31,7 +31,7 @@ use super::manifest::{
 use super::model::*;
 use super::secret::{self, Secret};
 use super::shape::{Node, Seg, at, table_label, value_label};
-use super::{Config, duration};
+use super::{Compile, Config, duration};
 use crate::engine::{Limits, PluginError, Runtime};
 use crate::rule::TopicFilter;
 use crate::template::{Template, TemplateError, Variable};
@@ -52,6 +52,10 @@ pub(super) struct Validator<'a, 's> {
     /// Its folder: relative paths start here.
     dir: PathBuf,
     runtime: &'a Runtime,
+    compile: Compile,
+    /// Plugins left to compile in the background, with their files and
+    /// config tables.
+    compiling: BTreeMap<String, (PathBuf, serde_json::Map<String, serde_json::Value>)>,
     rule_names: Vec<Option<String>>,
 }
 
@@ -75,6 +79,7 @@ impl<'a, 's> Validator<'a, 's> {
         r: &'a mut Reporter<'s>,
         manifest: &Path,
         runtime: &'a Runtime,
+        compile: Compile,
     ) -> Self {
         let path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
         let dir = path
@@ -89,6 +94,8 @@ impl<'a, 's> Validator<'a, 's> {
             path,
             dir,
             runtime,
+            compile,
+            compiling: BTreeMap::new(),
             rule_names,
         }
     }
@@ -118,10 +125,22 @@ impl<'a, 's> Validator<'a, 's> {
 
         self.unique_rule_names();
         let mut rules = Vec::new();
+        let mut waiting = Vec::new();
         let rule_count = self.root.get("rules").map_or(0, |r| r.items().len());
         for i in 0..rule_count {
             if let Some(rule) = self.rule(i, &plugin_names, &plugins, &sink_names, &sinks) {
-                rules.push(rule);
+                let plugins: BTreeSet<String> = (rule.steps.iter())
+                    .filter(|s| self.compiling.contains_key(&s.plugin))
+                    .map(|s| s.plugin.clone())
+                    .collect();
+                if !plugins.is_empty() {
+                    waiting.push(WaitingRule {
+                        name: rule.name,
+                        plugins,
+                    });
+                } else {
+                    rules.push(rule);
+                }
             }
         }
         self.unused(&plugin_names, &sink_names, &sinks);
@@ -136,6 +155,12 @@ impl<'a, 's> Validator<'a, 's> {
             plugins,
             sinks: sinks.into_iter().map(|(k, v)| (k, v.config)).collect(),
             rules,
+            compiling: self
+                .compiling
+                .into_iter()
+                .map(|(name, (file, _))| (name, file))
+                .collect(),
+            waiting,
         })
     }
 
@@ -564,8 +589,18 @@ impl<'a, 's> Validator<'a, 's> {
             );
             return None;
         }
-        let plugin = match self.runtime.load(&file) {
-            Ok(p) => p,
+        let loaded = match self.compile {
+            Compile::Now => self.runtime.load(&file).map(Some),
+            Compile::Background => self.runtime.load_unless_slow(&file),
+        };
+        let plugin = match loaded {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                if ok {
+                    self.compiling.insert(name.to_owned(), (file, spec.config));
+                }
+                return None;
+            }
             Err(e) => {
                 let message = load_error(name, &spec.path, &e);
                 let d = self.error(&file_path, message);
@@ -1632,15 +1667,27 @@ impl<'a, 's> Validator<'a, 's> {
                 ok = false;
                 continue;
             }
-            // A plugin that failed to load was reported at its [plugins] entry.
-            let Some(plugin) = plugins.get(name) else {
-                ok = false;
-                continue;
+            let mut config = match (plugins.get(name), self.compiling.get(name)) {
+                (Some(plugin), _) => plugin.config.clone(),
+                // Its `init` checks the config once it has compiled.
+                (None, Some((_, config))) => config.clone(),
+                // A plugin that failed to load was reported at its [plugins] entry.
+                (None, None) => {
+                    ok = false;
+                    continue;
+                }
             };
-            let mut config = plugin.config.clone();
             if let Some(overrides) = overrides {
                 config.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
+            let Some(plugin) = plugins.get(name) else {
+                out.push(StepConfig {
+                    plugin: name.clone(),
+                    config,
+                    window,
+                });
+                continue;
+            };
             // `instantiate` checks the keys against what the plugin accepts
             // and runs its `init`: exactly what `weir run` will do.
             let started = if window.is_some() {

@@ -45,10 +45,11 @@ impl LoadSource {
     }
 }
 
-/// Components from this size on get a progress line when compiled (a
-/// QuickJS guest is ~1.7 MB, a Python one ~18 MB; Rust and C ones are
-/// tens of KB).
-const PROGRESS_BYTES: usize = 1 << 20;
+/// Components from this size on take seconds to compile: they get a
+/// progress line when compiled, and `weir run` compiles them off the start
+/// path (a QuickJS guest is ~1.7 MB, a Python one ~18 MB; Rust and C ones
+/// are tens to hundreds of KB and compile in well under a second).
+pub(super) const LARGE_BYTES: usize = 1 << 20;
 
 pub(super) struct ArtifactCache {
     dir: Option<PathBuf>,
@@ -69,6 +70,12 @@ impl ArtifactCache {
     fn entry(&self, hash: &[u8; 32]) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
         Some(dir.join(format!("{}-{}.cwasm", hex(hash), self.fingerprint)))
+    }
+
+    /// Whether compiled code for `hash` is on disk (it may still turn out
+    /// unusable and be compiled again).
+    pub(super) fn contains(&self, hash: &[u8; 32]) -> bool {
+        self.entry(hash).is_some_and(|p| p.exists())
     }
 
     pub(super) fn get_or_compile(
@@ -97,7 +104,7 @@ impl ArtifactCache {
         let started = std::time::Instant::now();
         let size_mib = bytes.len() as f64 / (1 << 20) as f64;
         let cached = self.dir.is_some();
-        if bytes.len() >= PROGRESS_BYTES {
+        if bytes.len() >= LARGE_BYTES {
             tracing::info!(
                 plugin = label,
                 size_mib = format!("{size_mib:.1}"),
@@ -109,7 +116,7 @@ impl ArtifactCache {
             .precompile_component(bytes)
             .map_err(to_anyhow)
             .context("compilation failed")?;
-        if bytes.len() >= PROGRESS_BYTES {
+        if bytes.len() >= LARGE_BYTES {
             tracing::info!(
                 plugin = label,
                 ms = started.elapsed().as_millis() as u64,

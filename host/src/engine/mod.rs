@@ -130,6 +130,10 @@ struct RuntimeInner {
     cache: ArtifactCache,
     /// Components already compiled in this process, by content hash.
     compiled: Mutex<std::collections::HashMap<[u8; 32], Component>>,
+    /// Components that failed to compile in this process, by content hash,
+    /// with the compiler's error: the same bytes fail the same way, so a
+    /// large one is not compiled again to learn it.
+    failed: Mutex<std::collections::HashMap<[u8; 32], String>>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -165,6 +169,7 @@ impl Runtime {
                 linker,
                 cache,
                 compiled: Mutex::default(),
+                failed: Mutex::default(),
                 ticker_stop,
             }),
         })
@@ -181,14 +186,34 @@ impl Runtime {
         self.load_bytes(path, &bytes)
     }
 
+    /// Like [`Runtime::load`], except that a component that would take
+    /// seconds to compile (a JavaScript or Python guest that is neither in
+    /// the cache nor compiled in this process) is not compiled: `Ok(None)`.
+    /// A file that is not a component is still an error at once. `weir run`
+    /// compiles such a plugin in the background and starts its rules then.
+    pub fn load_unless_slow(&self, path: &Path) -> Result<Option<Plugin>, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read {
+            path: path.to_owned(),
+            cause: e,
+        })?;
+        check_header(path, &bytes)?;
+        if bytes.len() >= cache::LARGE_BYTES {
+            let hash = cache::content_hash(&bytes);
+            let known = self.inner.compiled.lock().unwrap().contains_key(&hash)
+                || self.inner.failed.lock().unwrap().contains_key(&hash)
+                || self.inner.cache.contains(&hash);
+            if !known {
+                return Ok(None);
+            }
+        }
+        self.load_bytes(path, &bytes).map(Some)
+    }
+
     /// Like [`Runtime::load`], for bytes already in memory; `path` names them
     /// in messages.
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
         let label = path.display().to_string();
-        contract::check_header(bytes).map_err(|e| PluginError::Contract {
-            path: path.to_owned(),
-            cause: e,
-        })?;
+        check_header(path, bytes)?;
         let started = Instant::now();
         let hash = cache::content_hash(bytes);
         let (component, source) =
@@ -250,10 +275,17 @@ impl Runtime {
         if let Some(component) = self.inner.compiled.lock().unwrap().get(hash) {
             return Ok((component.clone(), LoadSource::Memory));
         }
-        let (component, source) =
-            self.inner
-                .cache
-                .get_or_compile(&self.inner.engine, label, hash, bytes)?;
+        if let Some(error) = self.inner.failed.lock().unwrap().get(hash) {
+            return Err(anyhow::anyhow!("{error}"));
+        }
+        let (component, source) = self
+            .inner
+            .cache
+            .get_or_compile(&self.inner.engine, label, hash, bytes)
+            .inspect_err(|e| {
+                let error = format!("{e:#}");
+                self.inner.failed.lock().unwrap().insert(*hash, error);
+            })?;
         self.inner
             .compiled
             .lock()
@@ -266,6 +298,13 @@ impl Runtime {
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.inner.engine
     }
+}
+
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
+    contract::check_header(bytes).map_err(|e| PluginError::Contract {
+        path: path.to_owned(),
+        cause: e,
+    })
 }
 
 fn spawn_epoch_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {

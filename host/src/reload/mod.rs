@@ -33,19 +33,27 @@
 //! model is diffed against the running one by name (see
 //! [`crate::pipeline::Pipeline::apply`]): only what changed is rebuilt.
 //!
+//! **A large plugin compiles in the background.** The manifest is loaded
+//! with [`Compile::Background`]: a JavaScript or Python component that is
+//! not compiled yet does not hold up the rest. [`Reloader::compile_waiting`]
+//! compiles it on a blocking thread, and when that is done the manifest is
+//! loaded again, which starts the rules that waited for it (or reports
+//! why the plugin cannot run, while the other rules keep running).
+//!
 //! What this module must never do: load a file it has not validated, stop
 //! a rule to swap its plugin, or leave a rule without a working version.
 
 pub mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use self::watch::{Change, Stamp, stamp};
-use crate::config::Config;
+use crate::config::{Compile, Config};
 use crate::engine::{Plugin, Runtime};
 use crate::health::Health;
 use crate::pipeline::{Pipeline, Replacement, StateHandover};
@@ -67,6 +75,8 @@ pub struct Reloader {
     failed: HashMap<PathBuf, Stamp>,
     /// Health watchers of sinks started by a reload.
     sink_watchers: tokio::task::JoinSet<()>,
+    /// Plugin files being compiled in the background.
+    compiling: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 /// What became of one change.
@@ -97,6 +107,7 @@ impl Reloader {
             again,
             failed: HashMap::new(),
             sink_watchers: tokio::task::JoinSet::new(),
+            compiling: Arc::default(),
         }
     }
 
@@ -104,7 +115,46 @@ impl Reloader {
     pub fn files(&self) -> Vec<PathBuf> {
         std::iter::once(self.config.path.clone())
             .chain(self.config.plugins.values().map(|p| p.path.clone()))
+            .chain(self.config.compiling.values().cloned())
             .collect()
+    }
+
+    /// Compiles each plugin of [`Config::compiling`] on a blocking thread
+    /// (one at a time per file), then asks for the manifest to be loaded
+    /// again, which starts the rules waiting for it. Called at start-up and
+    /// after every manifest load that leaves plugins to compile.
+    pub fn compile_waiting(&self) {
+        for (name, path) in &self.config.compiling {
+            if !self.compiling.lock().unwrap().insert(path.clone()) {
+                continue;
+            }
+            let rules: Vec<&str> = (self.config.waiting.iter())
+                .filter(|rule| rule.plugins.contains(name))
+                .map(|rule| rule.name.as_str())
+                .collect();
+            tracing::info!(
+                plugin = name,
+                rules = rules.join(", "),
+                "Compiling the plugin in the background; its rules start when it is ready, the others run now."
+            );
+            let (runtime, again, compiling) = (
+                self.runtime.clone(),
+                self.again.clone(),
+                self.compiling.clone(),
+            );
+            let (name, path) = (name.clone(), path.clone());
+            tokio::spawn(async move {
+                let load_path = path.clone();
+                let loaded =
+                    tokio::task::spawn_blocking(move || runtime.load(&load_path).map(drop)).await;
+                if let Ok(Ok(())) = loaded {
+                    tracing::info!(plugin = name, "Plugin compiled; starting its rules.");
+                }
+                // A failure is reported by the manifest load this asks for.
+                compiling.lock().unwrap().remove(&path);
+                let _ = again.send(Change { path }).await;
+            });
+        }
     }
 
     /// The model that runs now.
@@ -116,6 +166,12 @@ impl Reloader {
     pub async fn on_change(&mut self, pipeline: &mut Pipeline, change: Change) -> Outcome {
         if change.path == self.config.path {
             return self.reload_manifest(pipeline, true).await;
+        }
+        let waited_for = (self.config.compiling.iter())
+            .find(|(_, path)| **path == change.path)
+            .map(|(name, _)| name.clone());
+        if let Some(name) = waited_for {
+            return self.start_waiting(pipeline, &name).await;
         }
         let names: Vec<String> = self
             .config
@@ -139,13 +195,9 @@ impl Reloader {
         let path = self.config.path.clone();
         let file = path.display().to_string();
         let before = stamp(&path);
-        let runtime = self.runtime.clone();
-        let load_path = path.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || crate::config::load(&load_path, &runtime)).await;
-        let new = match loaded {
-            Ok(Ok(config)) => config,
-            Ok(Err(diagnostics)) => {
+        let new = match self.load_manifest().await {
+            Ok(config) => config,
+            Err(problems) => {
                 if retry && stamp(&path) == before && self.failed.get(&path) != Some(&before) {
                     self.failed.insert(path.clone(), before);
                     let again = self.again.clone();
@@ -156,13 +208,7 @@ impl Reloader {
                     return Outcome::Retrying;
                 }
                 self.failed.remove(&path);
-                let problems = diagnostics.to_string();
                 telemetry::manifest_reload_failed(&file, problems.trim_end());
-                return Outcome::Failed(problems);
-            }
-            Err(e) => {
-                let problems = format!("loading panicked: {e}");
-                telemetry::manifest_reload_failed(&file, &problems);
                 return Outcome::Failed(problems);
             }
         };
@@ -176,6 +222,45 @@ impl Reloader {
             );
         }
         self.apply_manifest(pipeline, new).await
+    }
+
+    /// Plugin `name`, which rules wait for, has compiled (or failed to), or
+    /// its file changed meanwhile: the manifest is loaded again, which
+    /// starts its rules. When that fails (the plugin does not compile, or
+    /// refuses a step's config), its rules are marked failed and the rest
+    /// runs on.
+    async fn start_waiting(&mut self, pipeline: &mut Pipeline, name: &str) -> Outcome {
+        match self.load_manifest().await {
+            Ok(new) => self.apply_manifest(pipeline, new).await,
+            Err(problems) => {
+                let rules: Vec<&str> = (self.config.waiting.iter())
+                    .filter(|rule| rule.plugins.contains(name))
+                    .map(|rule| rule.name.as_str())
+                    .collect();
+                for rule in &rules {
+                    self.health.set_rule(rule, crate::health::RuleState::Failed);
+                }
+                let file = self.config.compiling[name].display().to_string();
+                telemetry::plugin_start_failed(name, &file, &rules.join(", "), problems.trim_end());
+                Outcome::Failed(problems)
+            }
+        }
+    }
+
+    /// Loads and validates the manifest off the async threads; every
+    /// problem as text when it is not valid.
+    async fn load_manifest(&self) -> Result<Config, String> {
+        let runtime = self.runtime.clone();
+        let path = self.config.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::config::load(&path, &runtime, Compile::Background)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(config)) => Ok(config),
+            Ok(Err(diagnostics)) => Err(diagnostics.to_string()),
+            Err(e) => Err(format!("loading panicked: {e}")),
+        }
     }
 
     /// Reloads plugin `name` from its file and swaps it into every step
@@ -314,7 +399,20 @@ impl Reloader {
                 self.health.remove_plugin(name);
             }
         }
+        for rule in &self.config.waiting {
+            let kept = |name: &String| *name == rule.name;
+            if !new.waiting.iter().map(|w| &w.name).any(kept)
+                && !new.rules.iter().map(|r| &r.name).any(kept)
+            {
+                self.health.remove_rule(&rule.name);
+            }
+        }
+        for rule in &new.waiting {
+            self.health
+                .set_rule(&rule.name, crate::health::RuleState::Starting);
+        }
         self.config = new;
+        self.compile_waiting();
         if changes.is_empty() {
             tracing::info!(file, "Manifest reloaded; nothing changed.");
             return Outcome::Unchanged;
