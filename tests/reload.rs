@@ -733,10 +733,12 @@ fn polling_sees_a_replaced_plugin_and_a_plugin_the_reloaded_manifest_added_in_a_
 /// A large plugin that is not compiled yet (a JavaScript or Python guest at
 /// its first start) compiles in the background: the rule that does not use
 /// it runs at once. One that cannot compile holds up only its own rule,
-/// with the compiler's error in the log; a good build put in its place
-/// compiles in turn and its rule starts. (The large plugins here are made
-/// large with a custom section; the Python guest of `tests/conformance.rs`
-/// shows the same with a compile that takes seconds.)
+/// which rejects its messages with the compiler's error (counted) instead
+/// of holding them; a good build put in its place compiles in turn and its
+/// rule starts. (The large plugins here are made large with a custom
+/// section; the Python guest of `tests/conformance.rs` shows the same with
+/// a compile that takes seconds, and that the waiting rule's messages wait
+/// for it.)
 #[test]
 fn a_large_plugin_compiles_in_the_background_and_holds_up_only_its_own_rule() {
     const N: usize = 500;
@@ -789,7 +791,7 @@ to = ["big"]
         small_out = toml_path(&small_out),
         big_out = toml_path(&big_out),
     );
-    let weir = run(dir.path(), &manifest, 1, &[]);
+    let weir = run(dir.path(), &manifest, 2, &[]);
     let compiling = weir.lines_with("Compiling the plugin in the background");
     assert!(
         compiling.len() == 1
@@ -798,8 +800,8 @@ to = ["big"]
         "{compiling:?}"
     );
 
-    // The small rule runs; the big one waits and then fails to compile,
-    // with the file and the compiler's error in the log.
+    // The small rule runs; the big one fails to compile, with the file,
+    // the compiler's error and the rule in the log.
     publish(&broker, "small/a", 0, N as u64, "seq");
     let got = weir.wait_for_lines(&small_out, N);
     assert!(got.iter().all(|l| l["payload"]["tag"] == "tag-v1"));
@@ -815,11 +817,21 @@ to = ["big"]
     assert_eq!(health["rules"]["small"]["state"], "running", "{health}");
     assert_eq!(health["rules"]["big"]["state"], "failed", "{health}");
     assert_eq!(health["status"], "degraded", "{health}");
-    assert_eq!(
-        weir.lines_with("Plugin compiled; starting its rules.")
-            .len(),
-        0
-    );
+    assert_eq!(weir.lines_with("Plugin compiled").len(), 0);
+
+    // Meanwhile its messages are rejected (counted), not held: nothing
+    // waits on them, and the small rule goes on.
+    publish(&broker, "big/b", 0, 20, "seq");
+    let rejected = [
+        "weir_rule_errors_total",
+        "rule=\"big\"",
+        "kind=\"plugin_not_started\"",
+    ];
+    weir.wait_until("20 rejected messages", |_| {
+        weir.metric_matching(&rejected) == 20.0
+    });
+    publish(&broker, "small/a", N as u64, 2 * N as u64, "seq");
+    weir.wait_for_lines(&small_out, 2 * N);
 
     // A good large build in its place: compiled in turn, then its rule runs.
     let good = with_custom_section(
@@ -827,9 +839,7 @@ to = ["big"]
         &vec![b'x'; 1_500_000],
     );
     replace_atomically(&big, &good);
-    weir.wait_for_log("Plugin compiled; starting its rules.", 1);
-    weir.wait_for_log("rules added: big", 1);
-    weir.wait_for_log("Subscribed.", 2);
+    weir.wait_for_log("Plugin compiled; its rules start", 1);
     publish(&broker, "big/b", 0, N as u64, "seq");
     let got = weir.wait_for_lines(&big_out, N);
     assert!(
@@ -845,10 +855,74 @@ to = ["big"]
         1.0,
         "the broken build is reported once"
     );
+    assert_eq!(weir.metric_matching(&rejected), 20.0);
     assert_eq!(
         lines(&small_out).len(),
-        N,
+        2 * N,
         "the small rule saw only its own messages"
     );
     weir.terminate();
+}
+
+/// A window step whose large aggregate plugin compiles in the background
+/// becomes a working window once it is ready: the readings of its window
+/// are all in the result (the window is flushed at shutdown).
+#[test]
+fn a_window_step_whose_plugin_compiles_in_the_background_aggregates_every_reading() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("stats.wasm");
+    let big_stats = with_custom_section(
+        std::fs::read(weir_test_artifacts::STATS).unwrap(),
+        &vec![b'x'; 1_500_000],
+    );
+    std::fs::write(&stats, big_stats).unwrap();
+    let out = dir.path().join("windows.jsonl");
+    let manifest = format!(
+        r#"
+[broker]
+url = "{url}"
+client_id = "weir-reload-window-{id}"
+
+[plugins.stats]
+path = "{stats}"
+
+[sinks.w]
+type = "file"
+path = "{out}"
+
+[[rules]]
+name = "window"
+from = ["readings/{{device}}"]
+qos = 1
+steps = [{{ plugin = "stats", config = {{ fields = ["v"], aggregates = ["count", "sum"] }}, window = {{ kind = "tumbling", size = "1h", group_by = ["device"] }} }}]
+to = ["w"]
+"#,
+        url = broker.url(),
+        id = unique(),
+        stats = toml_path(&stats),
+        out = toml_path(&out),
+    );
+    let weir = run(dir.path(), &manifest, 1, &[]);
+    assert_eq!(
+        weir.lines_with("Compiling the plugin in the background")
+            .len(),
+        1
+    );
+    publish(&broker, "readings/a", 0, 40, "v");
+    weir.wait_for_log("Plugin compiled; its rules start", 1);
+    publish(&broker, "readings/a", 40, 100, "v");
+    weir.wait_until("the window rule took 100 readings", |_| {
+        weir.metric_matching(&["weir_rule_messages_in_total", "rule=\"window\""]) >= 100.0
+    });
+    let (code, log) = weir.terminate();
+    assert_eq!(code, 0, "{log}");
+    let got = lines(&out);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["payload"]["v_count"], 100, "{got:?}");
+    assert_eq!(
+        got[0]["payload"]["v_sum"],
+        (0..100).sum::<u64>() as f64,
+        "{got:?}"
+    );
 }

@@ -156,6 +156,24 @@ impl Pipeline {
         }
     }
 
+    /// Lets rule `rule`, whose queue held messages while its plugins
+    /// compiled, take them: call once every pending step is swapped.
+    pub fn release_rule(&self, rule: &str) {
+        if let Some(worker) = self.rules.iter().find(|r| r.config.name == rule) {
+            worker.queue.release();
+        }
+    }
+
+    /// A plugin rule `rule` waits for cannot start: the rule rejects what
+    /// its queue holds and what comes, with `reason`, until a working build
+    /// is swapped in.
+    pub fn fail_rule(&self, rule: &str, reason: String) {
+        if let Some(worker) = self.rules.iter().find(|r| r.config.name == rule) {
+            worker.queue.command(Command::Fail { reason });
+            worker.queue.release();
+        }
+    }
+
     /// Stops intake, drains every rule, flushes every sink, lets the
     /// acknowledgements out, and disconnects.
     pub async fn shutdown(self) {
@@ -268,7 +286,7 @@ fn sinks_of(rule: &RuleConfig) -> impl Iterator<Item = &str> {
 /// which covers every field; secrets print redacted, so a changed secret
 /// alone does not count as a change.)
 fn rule_differs(old: &Config, new: &Config, a: &RuleConfig, b: &RuleConfig) -> bool {
-    if format!("{a:?}") != format!("{b:?}") {
+    if format!("{a:?}") != format!("{b:?}") || old.waiting.iter().any(|w| w.name == a.name) {
         return true;
     }
     b.steps.iter().any(|step| {
@@ -595,8 +613,10 @@ impl Pipeline {
             let thread = w.thread;
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        for q in &fresh {
-            q.release();
+        for w in &next {
+            if !w.pending && fresh.iter().any(|q| Arc::ptr_eq(q, &w.queue)) {
+                w.queue.release();
+            }
         }
         self.rules = next;
         for name in &changes.rules_added {
@@ -843,6 +863,9 @@ enum Command {
         next: Replacement,
         done: oneshot::Sender<Result<Swapped, SwapFailed>>,
     },
+    /// A pending step's plugin cannot start: reject every message, with
+    /// `reason`, until a working build is swapped in.
+    Fail { reason: String },
     /// Replace the sink handles (a sink was rebuilt by a manifest reload).
     Rewire {
         to: Vec<SinkHandle>,
@@ -907,8 +930,9 @@ pub struct Swapped {
     pub pause: Duration,
     /// What became of the state.
     pub state: StateHandover,
-    /// The old instance, handed back so it is dropped off the rule thread.
-    pub old: Replacement,
+    /// The old instance, handed back so it is dropped off the rule thread
+    /// (`None` when the step was waiting for its plugin).
+    pub old: Option<Replacement>,
 }
 
 /// A swap the worker refused; the old version keeps running.
@@ -919,10 +943,20 @@ pub struct SwapFailed {
     pub rejected: Replacement,
 }
 
-/// One step of a rule: a transform, or a window feeding an aggregate plugin.
+/// One step of a rule: a transform, or a window feeding an aggregate
+/// plugin, or a step whose plugin is still compiling (its rule's queue
+/// holds messages until every such step is swapped for a real one).
 enum RuleStep {
     Transform(Box<Instance>),
     Window(Box<WindowStep>),
+    Pending(Box<PendingStep>),
+}
+
+/// What a step waiting for its plugin needs to become a real one.
+struct PendingStep {
+    plugin: String,
+    /// For a window step: its operator's name, window and late-event sink.
+    window: Option<(String, crate::window::WindowSpec, Option<SinkHandle>)>,
 }
 
 struct WindowStep {
@@ -937,6 +971,7 @@ impl RuleStep {
         match self {
             RuleStep::Transform(i) => i.name(),
             RuleStep::Window(w) => w.aggregator.name(),
+            RuleStep::Pending(p) => &p.plugin,
         }
     }
 }
@@ -967,6 +1002,9 @@ struct RuleWorker {
     config: RuleConfig,
     queue: Arc<RuleQueue>,
     thread: std::thread::JoinHandle<()>,
+    /// A step waited for its plugin at the start: the queue stays held
+    /// until [`Pipeline::release_rule`] or [`Pipeline::fail_rule`].
+    pending: bool,
 }
 
 impl RuleWorker {
@@ -979,7 +1017,24 @@ impl RuleWorker {
     ) -> anyhow::Result<RuleWorker> {
         let mut steps = Vec::new();
         for step in &rule.steps {
-            let plugin = &config.plugins[&step.plugin];
+            let op_name = format!("{}/{}", rule.name, step.plugin);
+            let late = || {
+                let window = step.window.as_ref()?;
+                window.late_to.as_ref().map(|n| sinks[n].clone())
+            };
+            let Some(plugin) = config.plugins.get(&step.plugin) else {
+                anyhow::ensure!(
+                    config.compiling.contains_key(&step.plugin),
+                    "rule {:?}: plugin {:?} is not loaded",
+                    rule.name,
+                    step.plugin
+                );
+                steps.push(RuleStep::Pending(Box::new(PendingStep {
+                    plugin: step.plugin.clone(),
+                    window: (step.window.clone()).map(|w| (op_name, w, late())),
+                })));
+                continue;
+            };
             let context = || format!("rule {:?}: step {:?}", rule.name, step.plugin);
             match &step.window {
                 None => {
@@ -994,18 +1049,17 @@ impl RuleWorker {
                         .plugin
                         .instantiate_aggregator(&step.plugin, &step.config, plugin.limits)
                         .with_context(context)?;
-                    let name = format!("{}/{}", rule.name, step.plugin);
-                    let op = WindowOperator::new(&name, window.clone(), Arc::new(SystemClock));
-                    let late = window.late_to.as_ref().map(|n| sinks[n].clone());
                     steps.push(RuleStep::Window(Box::new(WindowStep {
-                        op,
+                        op: WindowOperator::new(&op_name, window.clone(), Arc::new(SystemClock)),
                         aggregator,
-                        late,
+                        late: late(),
                     })));
                 }
             }
         }
-        let windowed = steps.iter().any(|s| matches!(s, RuleStep::Window(_)));
+        let pending = steps.iter().any(|s| matches!(s, RuleStep::Pending(_)));
+        let held = held || pending;
+        let windowed = (rule.steps.iter()).any(|s| s.window.is_some());
         let to = rule.to.iter().map(|name| sinks[name].clone()).collect();
         let errors = rule.errors.as_ref().map(|name| sinks[name].clone());
         let queue = Arc::new(RuleQueue::new(
@@ -1022,6 +1076,7 @@ impl RuleWorker {
             to,
             errors,
             runtime,
+            failed: None,
         };
         let q = queue.clone();
         let thread = std::thread::Builder::new()
@@ -1055,6 +1110,7 @@ impl RuleWorker {
             config: rule.clone(),
             queue,
             thread,
+            pending,
         })
     }
 }
@@ -1067,6 +1123,9 @@ struct Worker {
     to: Vec<SinkHandle>,
     errors: Option<SinkHandle>,
     runtime: tokio::runtime::Handle,
+    /// Why a step's plugin cannot start: while a step is pending and this
+    /// is set, every message is rejected with it.
+    failed: Option<String>,
 }
 
 impl Worker {
@@ -1078,6 +1137,7 @@ impl Worker {
                 // instance (or the rejected one) is simply dropped here.
                 let _ = done.send(result);
             }
+            Command::Fail { reason } => self.failed = Some(reason),
             Command::Rewire {
                 to,
                 errors,
@@ -1107,6 +1167,35 @@ impl Worker {
                 rejected: next,
             });
         };
+        if let RuleStep::Pending(pending) = step {
+            let ready = match (pending.window.take(), next) {
+                (None, Replacement::Transform(new)) => RuleStep::Transform(new),
+                (Some((name, window, late)), Replacement::Aggregate(aggregator)) => {
+                    RuleStep::Window(Box::new(WindowStep {
+                        op: WindowOperator::new(&name, window, Arc::new(SystemClock)),
+                        aggregator: *aggregator,
+                        late,
+                    }))
+                }
+                (window, rejected) => {
+                    pending.window = window;
+                    let reason = "the step is of another kind (plain step vs window step)";
+                    return Err(SwapFailed {
+                        reason: reason.into(),
+                        rejected,
+                    });
+                }
+            };
+            *step = ready;
+            if !self.steps.iter().any(|s| matches!(s, RuleStep::Pending(_))) {
+                self.failed = None;
+            }
+            return Ok(Swapped {
+                pause: started.elapsed(),
+                state: StateHandover::Stateless,
+                old: None,
+            });
+        }
         match (step, next) {
             (RuleStep::Transform(old), Replacement::Transform(mut new)) => {
                 let state = if old.has_state() && new.has_state() {
@@ -1129,7 +1218,7 @@ impl Worker {
                 Ok(Swapped {
                     pause: started.elapsed(),
                     state,
-                    old: Replacement::Transform(old),
+                    old: Some(Replacement::Transform(old)),
                 })
             }
             (RuleStep::Window(w), Replacement::Aggregate(mut new)) => {
@@ -1168,7 +1257,7 @@ impl Worker {
                             parts: ids.len(),
                         }
                     },
-                    old: Replacement::Aggregate(Box::new(old)),
+                    old: Some(Replacement::Aggregate(Box::new(old))),
                 })
             }
             (_, rejected) => Err(SwapFailed {
@@ -1181,6 +1270,21 @@ impl Worker {
     fn process(&mut self, batch: Vec<(Message, AckToken)>) {
         let started = Instant::now();
         telemetry::rule_received(&self.rule, batch.len());
+        if let Some(pending) = self.steps.iter().find_map(|s| match s {
+            RuleStep::Pending(p) => Some(p.plugin.clone()),
+            _ => None,
+        }) {
+            // Only a rule whose plugin cannot start takes messages early.
+            let reason = match &self.failed {
+                Some(reason) => format!("plugin \"{pending}\" cannot start: {reason}"),
+                None => format!("plugin \"{pending}\" is not ready"),
+            };
+            for (m, token) in batch {
+                self.report(&m, &token, "plugin_not_started", Some(&pending), &reason);
+                token.accept();
+            }
+            return;
+        }
         let (inputs, tokens): (Vec<Message>, Vec<AckToken>) = batch.into_iter().unzip();
 
         // Check payloads; `origin[i]` is the input a message came from.
@@ -1279,7 +1383,15 @@ impl Worker {
                 continue;
             }
             let RuleStep::Transform(instance) = &mut self.steps[s] else {
-                unreachable!("window steps are handled above");
+                // A pending step (window steps are handled above): only
+                // window results reach it, as `process` rejects inputs
+                // while a step is pending.
+                for m in &messages {
+                    let reason = format!("plugin \"{step}\" is not ready");
+                    let token = AckToken::untracked();
+                    self.report(m, &token, "plugin_not_started", Some(&step), &reason);
+                }
+                return;
             };
             // The step consumes its inputs (a passthrough moves rather than
             // clones); a failure is reported with the rule's original input,

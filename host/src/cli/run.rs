@@ -3,9 +3,8 @@
 //! Start-up refuses an invalid manifest (every problem is printed, exit 1).
 //! A large plugin that is not compiled yet (a JavaScript or Python guest's
 //! first start) compiles in the background: the rules that do not use it
-//! start at once, its own once it is ready ([`Reloader::compile_waiting`]);
-//! its steps' config is checked then, and a refusal is logged while the
-//! other rules keep running.
+//! run at once, and its own rules' queues hold their messages until it is
+//! ready ([`Reloader::compile_waiting`]).
 //! While running, the manifest and every plugin file it names are watched
 //! and hot-reloaded ([`crate::reload`]); `SIGHUP` reloads the manifest too,
 //! and `--no-watch` leaves only `SIGHUP`. On SIGINT/SIGTERM intake stops,

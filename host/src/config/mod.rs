@@ -86,10 +86,10 @@ pub enum Compile {
     Now,
     /// All but the large components that are not compiled yet (a
     /// JavaScript or Python guest at its first start): those are listed in
-    /// [`Config::compiling`], and the rules that use them in
-    /// [`Config::waiting`] instead of [`Config::rules`], checked in full
-    /// except for their steps' config, which the plugin's `init` checks
-    /// once it has compiled (`weir run`).
+    /// [`Config::compiling`], and the rules that run them in
+    /// [`Config::waiting`]. Such a rule is checked in full except for its
+    /// steps' config, which the plugin's `init` checks once it has compiled
+    /// (`weir run`).
     Background,
 }
 

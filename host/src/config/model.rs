@@ -38,12 +38,24 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     /// Rules, in manifest order.
     pub rules: Vec<RuleConfig>,
-    /// Plugins not compiled yet, by name, with their files: loaded with
+    /// Plugins not compiled yet, by name: loaded with
     /// [`super::Compile::Background`], weir compiles them off the start
     /// path. Empty otherwise.
-    pub compiling: BTreeMap<String, PathBuf>,
-    /// Rules that wait for a plugin in `compiling`, in manifest order.
+    pub compiling: BTreeMap<String, PendingPlugin>,
+    /// The rules (in `rules`, in manifest order) with a step that runs a
+    /// plugin of `compiling`: their queues hold messages until it is ready.
     pub waiting: Vec<WaitingRule>,
+}
+
+/// A plugin whose component is compiled in the background.
+#[derive(Clone, Debug)]
+pub struct PendingPlugin {
+    /// The component file (absolute).
+    pub path: PathBuf,
+    /// The plugin's own config table.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Limits of each instance.
+    pub limits: Limits,
 }
 
 /// A rule that starts when its plugins have compiled.

@@ -53,9 +53,8 @@ pub(super) struct Validator<'a, 's> {
     dir: PathBuf,
     runtime: &'a Runtime,
     compile: Compile,
-    /// Plugins left to compile in the background, with their files and
-    /// config tables.
-    compiling: BTreeMap<String, (PathBuf, serde_json::Map<String, serde_json::Value>)>,
+    /// Plugins left to compile in the background.
+    compiling: BTreeMap<String, PendingPlugin>,
     rule_names: Vec<Option<String>>,
 }
 
@@ -135,12 +134,11 @@ impl<'a, 's> Validator<'a, 's> {
                     .collect();
                 if !plugins.is_empty() {
                     waiting.push(WaitingRule {
-                        name: rule.name,
+                        name: rule.name.clone(),
                         plugins,
                     });
-                } else {
-                    rules.push(rule);
                 }
+                rules.push(rule);
             }
         }
         self.unused(&plugin_names, &sink_names, &sinks);
@@ -155,11 +153,7 @@ impl<'a, 's> Validator<'a, 's> {
             plugins,
             sinks: sinks.into_iter().map(|(k, v)| (k, v.config)).collect(),
             rules,
-            compiling: self
-                .compiling
-                .into_iter()
-                .map(|(name, (file, _))| (name, file))
-                .collect(),
+            compiling: self.compiling,
             waiting,
         })
     }
@@ -597,7 +591,12 @@ impl<'a, 's> Validator<'a, 's> {
             Ok(Some(p)) => p,
             Ok(None) => {
                 if ok {
-                    self.compiling.insert(name.to_owned(), (file, spec.config));
+                    let pending = PendingPlugin {
+                        path: file,
+                        config: spec.config,
+                        limits,
+                    };
+                    self.compiling.insert(name.to_owned(), pending);
                 }
                 return None;
             }
@@ -1670,7 +1669,7 @@ impl<'a, 's> Validator<'a, 's> {
             let mut config = match (plugins.get(name), self.compiling.get(name)) {
                 (Some(plugin), _) => plugin.config.clone(),
                 // Its `init` checks the config once it has compiled.
-                (None, Some((_, config))) => config.clone(),
+                (None, Some(pending)) => pending.config.clone(),
                 // A plugin that failed to load was reported at its [plugins] entry.
                 (None, None) => {
                     ok = false;

@@ -35,10 +35,15 @@
 //!
 //! **A large plugin compiles in the background.** The manifest is loaded
 //! with [`Compile::Background`]: a JavaScript or Python component that is
-//! not compiled yet does not hold up the rest. [`Reloader::compile_waiting`]
-//! compiles it on a blocking thread, and when that is done the manifest is
-//! loaded again, which starts the rules that waited for it (or reports
-//! why the plugin cannot run, while the other rules keep running).
+//! not compiled yet does not hold up the rest. Its rules start with the
+//! others, but their steps wait for it and their queues hold their
+//! messages. [`Reloader::compile_waiting`] compiles it on a blocking
+//! thread; then each waiting step gets an instance `init`ed with its
+//! config, and the rules take what their queues held. A plugin that
+//! cannot start makes its rules reject their messages with the reason
+//! (nothing waits on them) until a good build is put in its place; the
+//! other rules run on. A manifest change made meanwhile is applied once
+//! no compile runs.
 //!
 //! What this module must never do: load a file it has not validated, stop
 //! a rule to swap its plugin, or leave a rule without a working version.
@@ -77,6 +82,8 @@ pub struct Reloader {
     sink_watchers: tokio::task::JoinSet<()>,
     /// Plugin files being compiled in the background.
     compiling: Arc<Mutex<HashSet<PathBuf>>>,
+    /// The manifest changed while a plugin compiled: reload it after.
+    manifest_deferred: bool,
 }
 
 /// What became of one change.
@@ -108,6 +115,7 @@ impl Reloader {
             failed: HashMap::new(),
             sink_watchers: tokio::task::JoinSet::new(),
             compiling: Arc::default(),
+            manifest_deferred: false,
         }
     }
 
@@ -115,46 +123,48 @@ impl Reloader {
     pub fn files(&self) -> Vec<PathBuf> {
         std::iter::once(self.config.path.clone())
             .chain(self.config.plugins.values().map(|p| p.path.clone()))
-            .chain(self.config.compiling.values().cloned())
+            .chain(self.config.compiling.values().map(|p| p.path.clone()))
             .collect()
     }
 
     /// Compiles each plugin of [`Config::compiling`] on a blocking thread
-    /// (one at a time per file), then asks for the manifest to be loaded
-    /// again, which starts the rules waiting for it. Called at start-up and
-    /// after every manifest load that leaves plugins to compile.
+    /// (one compile per file at a time); when one is done,
+    /// [`Reloader::on_change`] hears of its file and starts the rules
+    /// waiting for it. Called at start-up and after every manifest load.
     pub fn compile_waiting(&self) {
-        for (name, path) in &self.config.compiling {
-            if !self.compiling.lock().unwrap().insert(path.clone()) {
+        for (name, pending) in &self.config.compiling {
+            if !self.compiling.lock().unwrap().insert(pending.path.clone()) {
                 continue;
             }
-            let rules: Vec<&str> = (self.config.waiting.iter())
-                .filter(|rule| rule.plugins.contains(name))
-                .map(|rule| rule.name.as_str())
-                .collect();
             tracing::info!(
                 plugin = name,
-                rules = rules.join(", "),
-                "Compiling the plugin in the background; its rules start when it is ready, the others run now."
+                rules = self.waiting_for(name).join(", "),
+                "Compiling the plugin in the background; the other rules run now, its rules' messages wait in their queues until it is ready."
             );
             let (runtime, again, compiling) = (
                 self.runtime.clone(),
                 self.again.clone(),
                 self.compiling.clone(),
             );
-            let (name, path) = (name.clone(), path.clone());
+            let path = pending.path.clone();
             tokio::spawn(async move {
                 let load_path = path.clone();
-                let loaded =
-                    tokio::task::spawn_blocking(move || runtime.load(&load_path).map(drop)).await;
-                if let Ok(Ok(())) = loaded {
-                    tracing::info!(plugin = name, "Plugin compiled; starting its rules.");
-                }
-                // A failure is reported by the manifest load this asks for.
+                // The outcome is the runtime's to remember (compiled, or
+                // the compiler's error by content hash); the next load
+                // reads it.
+                let _ = tokio::task::spawn_blocking(move || runtime.load(&load_path)).await;
                 compiling.lock().unwrap().remove(&path);
                 let _ = again.send(Change { path }).await;
             });
         }
+    }
+
+    /// The rules that wait for plugin `name`.
+    fn waiting_for(&self, name: &str) -> Vec<String> {
+        (self.config.waiting.iter())
+            .filter(|rule| rule.plugins.contains(name))
+            .map(|rule| rule.name.clone())
+            .collect()
     }
 
     /// The model that runs now.
@@ -168,7 +178,7 @@ impl Reloader {
             return self.reload_manifest(pipeline, true).await;
         }
         let waited_for = (self.config.compiling.iter())
-            .find(|(_, path)| **path == change.path)
+            .find(|(_, pending)| pending.path == change.path)
             .map(|(name, _)| name.clone());
         if let Some(name) = waited_for {
             return self.start_waiting(pipeline, &name).await;
@@ -191,9 +201,20 @@ impl Reloader {
     /// any problem, every problem is logged and nothing changes. With
     /// `retry`, a manifest that fails is looked at again once (it may still
     /// be being written) before it is reported.
+    ///
+    /// While a plugin compiles in the background, the reload waits until
+    /// it is done (the rules waiting for it start first).
     pub async fn reload_manifest(&mut self, pipeline: &mut Pipeline, retry: bool) -> Outcome {
         let path = self.config.path.clone();
         let file = path.display().to_string();
+        if !self.compiling.lock().unwrap().is_empty() {
+            tracing::info!(
+                file,
+                "The manifest changed while a plugin compiles; it is reloaded once that is done."
+            );
+            self.manifest_deferred = true;
+            return Outcome::Retrying;
+        }
         let before = stamp(&path);
         let new = match self.load_manifest().await {
             Ok(config) => config,
@@ -225,25 +246,143 @@ impl Reloader {
     }
 
     /// Plugin `name`, which rules wait for, has compiled (or failed to), or
-    /// its file changed meanwhile: the manifest is loaded again, which
-    /// starts its rules. When that fails (the plugin does not compile, or
-    /// refuses a step's config), its rules are marked failed and the rest
-    /// runs on.
+    /// its file changed meanwhile. Its instances are built and `init`ed
+    /// with each waiting step's config, swapped into the steps, and each
+    /// rule with nothing left to wait for takes the messages its queue
+    /// held. When the plugin cannot start (it does not compile, or refuses
+    /// a step's config), its rules reject their messages with the reason
+    /// (counted, sent to their `errors` sink) and the rest runs on; a good
+    /// build in its place starts them.
     async fn start_waiting(&mut self, pipeline: &mut Pipeline, name: &str) -> Outcome {
-        match self.load_manifest().await {
-            Ok(new) => self.apply_manifest(pipeline, new).await,
-            Err(problems) => {
-                let rules: Vec<&str> = (self.config.waiting.iter())
-                    .filter(|rule| rule.plugins.contains(name))
-                    .map(|rule| rule.name.as_str())
-                    .collect();
-                for rule in &rules {
-                    self.health.set_rule(rule, crate::health::RuleState::Failed);
-                }
-                let file = self.config.compiling[name].display().to_string();
-                telemetry::plugin_start_failed(name, &file, &rules.join(", "), problems.trim_end());
-                Outcome::Failed(problems)
+        let pending = self.config.compiling[name].clone();
+        if self.compiling.lock().unwrap().contains(&pending.path) {
+            // Its compile ends with another change of this file.
+            return Outcome::Retrying;
+        }
+        let runtime = self.runtime.clone();
+        let path = pending.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let plugin = runtime.load_unless_slow(&path)?;
+            let version = match &plugin {
+                Some(p) => p.metadata()?.version,
+                None => String::new(),
+            };
+            Ok::<_, crate::engine::PluginError>(plugin.map(|p| (p, version)))
+        })
+        .await;
+        let (plugin, version) = match loaded {
+            Ok(Ok(Some(loaded))) => loaded,
+            Ok(Ok(None)) => {
+                // Another build was put in place meanwhile: compile it.
+                self.compile_waiting();
+                return Outcome::Retrying;
             }
+            Ok(Err(e)) => return self.waiting_failed(pipeline, name, &e.to_string()).await,
+            Err(e) => {
+                let cause = format!("loading panicked: {e}");
+                return self.waiting_failed(pipeline, name, &cause).await;
+            }
+        };
+
+        // Every instance is built and initialised before any swap, so a
+        // refusal starts none of the rules.
+        let waiting = self.waiting_for(name);
+        let steps: Vec<(String, usize, crate::config::StepConfig)> = (self.config.rules.iter())
+            .filter(|rule| waiting.contains(&rule.name))
+            .flat_map(|rule| {
+                (rule.steps.iter().enumerate())
+                    .filter(|(_, step)| step.plugin == name)
+                    .map(|(i, step)| (rule.name.clone(), i, step.clone()))
+            })
+            .collect();
+        let mut replacements = Vec::with_capacity(steps.len());
+        for (rule, index, step) in steps {
+            let (p, limits) = (plugin.clone(), pending.limits);
+            let built = tokio::task::spawn_blocking(move || match &step.window {
+                None => p
+                    .instantiate(&step.plugin, &step.config, limits)
+                    .map(|i| Replacement::Transform(Box::new(i))),
+                Some(_) => p
+                    .instantiate_aggregator(&step.plugin, &step.config, limits)
+                    .map(|a| Replacement::Aggregate(Box::new(a))),
+            })
+            .await;
+            match built {
+                Ok(Ok(r)) => replacements.push((rule, index, r)),
+                Ok(Err(e)) => {
+                    let cause = format!("rule {rule:?}: {e}");
+                    return self.waiting_failed(pipeline, name, &cause).await;
+                }
+                Err(e) => {
+                    let cause = format!("rule {rule:?}: starting it panicked: {e}");
+                    return self.waiting_failed(pipeline, name, &cause).await;
+                }
+            }
+        }
+        for (rule, index, next) in replacements {
+            if let Err(reason) = pipeline.swap_step(&rule, index, next).await {
+                let cause = format!("rule {rule:?}: {reason}");
+                return self.waiting_failed(pipeline, name, &cause).await;
+            }
+        }
+
+        // What runs now: the plugin is loaded, and the rules with nothing
+        // left to wait for take their messages.
+        self.health.set_plugin(name, version, plugin.content_hash());
+        self.config.compiling.remove(name);
+        self.config.plugins.insert(
+            name.to_owned(),
+            crate::config::PluginConfig {
+                name: name.to_owned(),
+                path: pending.path,
+                config: pending.config,
+                limits: pending.limits,
+                plugin,
+            },
+        );
+        for rule in &mut self.config.waiting {
+            rule.plugins.remove(name);
+            if rule.plugins.is_empty() {
+                pipeline.release_rule(&rule.name);
+                self.health
+                    .set_rule(&rule.name, crate::health::RuleState::Running);
+            }
+        }
+        self.config.waiting.retain(|rule| !rule.plugins.is_empty());
+        tracing::info!(
+            plugin = name,
+            rules = waiting.join(", "),
+            "Plugin compiled; its rules start with the messages their queues held."
+        );
+        self.after_compile(pipeline).await;
+        Outcome::Applied
+    }
+
+    /// Plugin `name` cannot start: its waiting rules reject their messages
+    /// with `problems`, and are marked failed.
+    async fn waiting_failed(
+        &mut self,
+        pipeline: &mut Pipeline,
+        name: &str,
+        problems: &str,
+    ) -> Outcome {
+        let rules = self.waiting_for(name);
+        for rule in &rules {
+            pipeline.fail_rule(rule, problems.to_owned());
+            self.health.set_rule(rule, crate::health::RuleState::Failed);
+        }
+        let file = self.config.compiling[name].path.display().to_string();
+        telemetry::plugin_start_failed(name, &file, &rules.join(", "), problems);
+        self.after_compile(pipeline).await;
+        Outcome::Failed(problems.to_owned())
+    }
+
+    /// A manifest change that came while plugins compiled is applied once
+    /// none does.
+    async fn after_compile(&mut self, pipeline: &mut Pipeline) {
+        if self.manifest_deferred && self.compiling.lock().unwrap().is_empty() {
+            self.manifest_deferred = false;
+            self.reload_manifest(pipeline, false).await;
         }
     }
 
