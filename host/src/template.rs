@@ -139,6 +139,32 @@ impl fmt::Display for Undefined {
 
 impl std::error::Error for Undefined {}
 
+/// The decoded payload, as placeholders look into it.
+///
+/// [`Template::render`] and its siblings take a `serde_json::Value`; a
+/// caller that decodes payloads into a form of its own (the Tablestore
+/// sink borrows strings from the payload instead of building a `Value`)
+/// implements this and calls [`Template::render_payload`]. Such a form may
+/// hand strings over as [`Value::Str`] rather than `Value::Json(String)`,
+/// so it is only for escapes that treat the two alike, as [`plain`] does.
+pub trait Payload {
+    /// `${payload}`: the whole payload.
+    fn whole(&self) -> Value<'_>;
+    /// The value at `path` (at least one segment): object keys, and array
+    /// indexes for all-digit segments.
+    fn get(&self, path: &[String]) -> Option<Value<'_>>;
+}
+
+impl Payload for serde_json::Value {
+    fn whole(&self) -> Value<'_> {
+        Value::Json(self)
+    }
+
+    fn get(&self, path: &[String]) -> Option<Value<'_>> {
+        json_path(self, path).map(Value::Json)
+    }
+}
+
 /// The escape for plain text: strings (JSON strings included) as they are,
 /// other JSON values compact, integers in decimal, NULL as `null`.
 pub fn plain(value: Value<'_>, out: &mut String) {
@@ -365,7 +391,21 @@ impl Template {
         escape: &mut dyn FnMut(Value<'_>, &mut String),
         out: &mut String,
     ) -> Result<(), Undefined> {
-        self.render_inner(msg, json, escape, out, false)
+        self.render_inner(msg, json.map(as_payload), escape, out, false)
+    }
+
+    /// Like [`render`](Self::render) (or [`render_or_null`](Self::render_or_null)
+    /// when `null_undefined`), with payload variables looked up in
+    /// `payload` (see [`Payload`]).
+    pub fn render_payload(
+        &self,
+        msg: &Message,
+        payload: &dyn Payload,
+        escape: &mut dyn FnMut(Value<'_>, &mut String),
+        out: &mut String,
+        null_undefined: bool,
+    ) -> Result<(), Undefined> {
+        self.render_inner(msg, Some(payload), escape, out, null_undefined)
     }
 
     /// Like [`render`](Self::render), but an undefined variable is rendered
@@ -377,7 +417,7 @@ impl Template {
         escape: &mut dyn FnMut(Value<'_>, &mut String),
         out: &mut String,
     ) {
-        let rendered = self.render_inner(msg, json, escape, out, true);
+        let rendered = self.render_inner(msg, json.map(as_payload), escape, out, true);
         debug_assert!(rendered.is_ok());
     }
 
@@ -416,6 +456,7 @@ impl Template {
         out: &mut String,
     ) -> Result<(), Undefined> {
         let parts = &self.parts;
+        let json = json.map(as_payload);
         // The quote the template's literal text left open, if any.
         let mut open: Option<u8> = None;
         // The literal after a whole-string placeholder starts with that
@@ -488,7 +529,7 @@ impl Template {
     fn render_inner(
         &self,
         msg: &Message,
-        json: Option<&serde_json::Value>,
+        json: Option<&dyn Payload>,
         escape: &mut dyn FnMut(Value<'_>, &mut String),
         out: &mut String,
         null_undefined: bool,
@@ -519,12 +560,16 @@ impl Template {
     }
 }
 
+fn as_payload(json: &serde_json::Value) -> &dyn Payload {
+    json
+}
+
 /// Resolves one variable and hands its value to `emit`; false if undefined.
 fn resolve(
     variable: &Variable,
     path: &[String],
     msg: &Message,
-    json: Option<&serde_json::Value>,
+    json: Option<&dyn Payload>,
     emit: &mut dyn FnMut(Value<'_>),
 ) -> bool {
     match variable {
@@ -536,22 +581,22 @@ fn resolve(
             None => return false,
         },
         Variable::Payload(path) if path.is_empty() => match json {
-            Some(json) => emit(Value::Json(json)),
+            Some(json) => emit(json.whole()),
             None => {
                 let text: Cow<'_, str> = String::from_utf8_lossy(&msg.payload);
                 emit(Value::Str(&text))
             }
         },
-        Variable::Payload(path) => match json.and_then(|j| lookup(j, path)) {
-            Some(value) => emit(Value::Json(value)),
+        Variable::Payload(path) => match json.and_then(|j| j.get(path)) {
+            Some(value) => emit(value),
             None => return false,
         },
         Variable::Name(name) => {
             if let Some(field) = msg.fields.get(name) {
                 emit(Value::Str(field));
             } else {
-                match json.and_then(|j| lookup(j, path)) {
-                    Some(value) => emit(Value::Json(value)),
+                match json.and_then(|j| j.get(path)) {
+                    Some(value) => emit(value),
                     None => return false,
                 }
             }
@@ -562,7 +607,10 @@ fn resolve(
 
 /// Follows `path` into `json`: object keys, and array indexes for all-digit
 /// segments.
-fn lookup<'j>(json: &'j serde_json::Value, path: &[String]) -> Option<&'j serde_json::Value> {
+pub fn json_path<'j>(
+    json: &'j serde_json::Value,
+    path: &[String],
+) -> Option<&'j serde_json::Value> {
     path.iter().try_fold(json, |node, segment| match node {
         serde_json::Value::Object(map) => map.get(segment),
         serde_json::Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
