@@ -71,6 +71,8 @@
 
 pub mod client;
 pub mod encode;
+mod flat;
+mod payload;
 pub mod proto;
 pub mod sign;
 mod sink;
