@@ -12,9 +12,9 @@
 //!
 //! Encoding runs for every message, so it is kept lean (target: ≤ 1 µs
 //! per row, `benches/tablestore.rs`): the payload's top-level object is
-//! read into entries that borrow from the payload ([`super::payload`]),
+//! read into entries that borrow from the payload (`payload.rs`),
 //! each row is checked in buffers reused message after message and written
-//! at once into the request's FlatBuffer ([`super::flat`]), which is reused
+//! at once into the request's FlatBuffer (`flat.rs`), which is reused
 //! request after request. Past the first rows, a row allocates nothing
 //! unless a key needs lowercasing, a string has escapes, a value is a
 //! nested object or array, or a name, measurement, data source or tag is

@@ -27,7 +27,11 @@
 //! order; empty typed vectors left out; tags as a `tag_list` of
 //! `Tag { name, value }` sorted by name (written even when empty), the
 //! legacy `tags` string empty; `data_source` always written (`""` when
-//! there is none); `time` in microseconds.
+//! there is none); `time` in microseconds. Unlike the SDKs, weir writes a
+//! text a request repeats (field names, measurements, data sources, tags)
+//! once and points every row that has it there (`flat.rs`): FlatBuffers
+//! readers follow such offsets like any other, so the bytes differ from
+//! the SDKs' and the decoded rows do not.
 //!
 //! # Rows
 //!
