@@ -1118,3 +1118,91 @@ async fn the_test_server_refuses_what_the_service_refuses_with_its_codes() {
     );
     assert_eq!(server.points().len(), 1);
 }
+
+/// Sends headers promising a 100-byte body and `first` bytes of it, lets
+/// `more` send the rest its way, and returns how long the answer took
+/// from then, its status line and headers (lowercase), and its error.
+fn answer_to_a_slow_body(
+    server: &TablestoreServer,
+    first: usize,
+    more: impl FnOnce(std::net::TcpStream) + Send + 'static,
+) -> (Duration, String, weir::sink::tablestore::proto::Error) {
+    use std::io::{Read as _, Write as _};
+
+    use prost::Message as _;
+
+    let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
+    // A server that never answers fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /PutTimeseriesData HTTP/1.1\r\nHost: {}\r\nContent-Length: 100\r\n\
+         x-ots-apiversion: 2015-12-31\r\n\r\n",
+        server.addr()
+    )
+    .unwrap();
+    stream.write_all(&vec![0u8; first]).unwrap();
+    let sent = std::time::Instant::now();
+    let writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || more(writer));
+
+    // The answer, then the end of the connection: closed, or reset when
+    // bytes still came after the server closed it.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !answer.is_empty() => {
+                break;
+            }
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+    let waited = sent.elapsed();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let error = weir::sink::tablestore::proto::Error::decode(&answer[split + 4..]).unwrap();
+    (waited, head, error)
+}
+
+#[test]
+fn a_client_that_stalls_on_its_body_is_answered_408_request_timeout_and_disconnected() {
+    const TIMEOUT: Duration = Duration::from_millis(200);
+    let server = TablestoreServer::start_with(Options {
+        body_timeout: TIMEOUT,
+        ..Options::default()
+    });
+
+    // 10 bytes of 100, then nothing.
+    let (waited, head, error) = answer_to_a_slow_body(&server, 10, drop);
+    assert!(
+        waited >= TIMEOUT && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(head.starts_with("http/1.1 408 "), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(head.contains("\r\nx-ots-requestid: "), "{head}");
+    assert_eq!(error.code, "OTSRequestTimeout");
+    assert_eq!(error.message.as_deref(), Some("Request timeout."));
+
+    // A byte every 20 ms: still sending, but too slowly to finish in time.
+    let trickle = |mut stream: std::net::TcpStream| {
+        use std::io::Write as _;
+        while stream.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (waited, head, error) = answer_to_a_slow_body(&server, 0, trickle);
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert!(head.starts_with("http/1.1 408 "), "{head}");
+    assert_eq!(error.code, "OTSRequestTimeout");
+
+    let seen = server.seen();
+    let seen: Vec<_> = seen.iter().map(|s| (s.status, s.code.as_deref())).collect();
+    assert_eq!(seen, [(408, Some("OTSRequestTimeout")); 2]);
+    assert!(server.points().is_empty());
+}
