@@ -12,13 +12,13 @@
 //!
 //! Encoding runs for every message, so it is kept lean (target: ≤ 1 µs
 //! per row, `benches/tablestore.rs`): the payload's top-level object is
-//! read into entries that borrow from the payload (`payload.rs`),
-//! each row is checked in buffers reused message after message and written
-//! at once into the request's FlatBuffer (`flat.rs`), which is reused
-//! request after request. Past the first rows, a row allocates nothing
-//! unless a key needs lowercasing, a string has escapes, a value is a
-//! nested object or array, or a name, measurement, data source or tag is
-//! new to the request.
+//! read into entries that borrow from the payload (`payload.rs`), each row
+//! is checked in buffers reused message after message and written at once
+//! into the request's FlatBuffer by the `flatbuffers` crate's builder,
+//! which the requests of a batch reuse (`Flat`). Past the first rows, a
+//! row allocates nothing unless a key needs lowercasing, a string has
+//! escapes, a value is a nested object or array, or a name, measurement,
+//! data source or tag is new to the request.
 //!
 //! What this module must never do: accept, reject or type a message
 //! differently from a plain decode into `serde_json::Value` (the unit tests
@@ -31,10 +31,10 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 
 use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, TableFinishedWIPOffset, WIPOffset};
 use prost::Message as _;
 use serde_json::Value as Json;
 
-use super::flat::{FieldRef, Flat, RowView};
 use super::payload::{Entry, Object, by_name, find, read_object};
 use super::proto;
 use crate::config::{MetaUpdateMode, StringType};
@@ -88,6 +88,40 @@ pub enum DataType {
     String = 4,
     /// Bytes.
     Binary = 5,
+}
+
+/// A typed value as the FlatBuffer writer reads it.
+#[derive(Clone, Copy, Debug)]
+enum FieldRef<'a> {
+    Long(i64),
+    Boolean(bool),
+    Double(f64),
+    String(&'a str),
+    Binary(&'a [u8]),
+}
+
+impl FieldRef<'_> {
+    fn data_type(self) -> DataType {
+        match self {
+            FieldRef::Long(_) => DataType::Long,
+            FieldRef::Boolean(_) => DataType::Boolean,
+            FieldRef::Double(_) => DataType::Double,
+            FieldRef::String(_) => DataType::String,
+            FieldRef::Binary(_) => DataType::Binary,
+        }
+    }
+}
+
+/// What the FlatBuffer writer and the size estimate read of a row: an
+/// owned [`Row`], or the row [`RowSpec::encode`] is building.
+trait RowView {
+    fn measurement(&self) -> &str;
+    fn data_source(&self) -> &str;
+    /// Sorted by name.
+    fn tags(&self) -> impl Iterator<Item = (&str, &str)>;
+    fn time_us(&self) -> i64;
+    /// Sorted by name.
+    fn fields(&self) -> impl Iterator<Item = (&str, FieldRef<'_>)>;
 }
 
 /// Everything that decides how a message becomes a row.
@@ -617,6 +651,234 @@ fn parse_time(text: &str) -> Result<i64, String> {
         Err(_) => Err(format!(
             "timestamp {text:?} is not a whole number of microseconds since the epoch"
         )),
+    }
+}
+
+/// FlatBuffer bytes a typical row takes, to size a request's buffer up
+/// front (it grows when rows are larger).
+const ROW_BYTES_GUESS: usize = 256;
+
+/// vtable slot `n` is at voffset `4 + 2n`.
+const fn slot(n: u16) -> u16 {
+    4 + 2 * n
+}
+
+type Text = WIPOffset<&'static str>;
+type Table = WIPOffset<TableFinishedWIPOffset>;
+
+/// One request's `FlatBufferRows`, written row after row with the
+/// `flatbuffers` builder. The builder (with its buffer) and the scratch
+/// vectors are reused from one request of a batch to the next.
+///
+/// A text a request repeats (names, measurements, data sources, tags) is
+/// written once, as one of the builder's shared strings, and pointed to by
+/// every row that has it.
+struct Flat {
+    fbb: FlatBufferBuilder<'static>,
+    groups: Vec<Table>,
+    longs: Vec<i64>,
+    bools: Vec<bool>,
+    doubles: Vec<f64>,
+    strings: Vec<Text>,
+    binaries: Vec<Table>,
+    names: Vec<Text>,
+    types: Vec<u8>,
+    tags: Vec<Table>,
+    /// The texts the previous row pointed to, slot by slot.
+    measurement: Recent,
+    data_source: Recent,
+    legacy_tags: Recent,
+    field_names: Vec<Recent>,
+    tag_texts: Vec<(Recent, Recent)>,
+}
+
+/// The shared string one slot of the previous row pointed to. Rows of a
+/// request mostly repeat their neighbour's names, measurement, data source
+/// and tags: comparing with it is cheaper than the builder's search of all
+/// the request's shared strings, which is only done when it differs.
+#[derive(Default)]
+struct Recent {
+    text: String,
+    at: Option<Text>,
+}
+
+impl Recent {
+    /// `text` as a shared string of the request in `fbb`.
+    #[inline]
+    fn shared(&mut self, fbb: &mut FlatBufferBuilder<'static>, text: &str) -> Text {
+        if let Some(at) = self.at
+            && self.text == text
+        {
+            return at;
+        }
+        let at = fbb.create_shared_string(text);
+        self.text.clear();
+        self.text.push_str(text);
+        self.at = Some(at);
+        at
+    }
+}
+
+impl Flat {
+    fn with_rows(rows: usize) -> Flat {
+        Flat {
+            fbb: FlatBufferBuilder::with_capacity(ROW_BYTES_GUESS * rows.max(1)),
+            groups: Vec::with_capacity(rows),
+            longs: Vec::new(),
+            bools: Vec::new(),
+            doubles: Vec::new(),
+            strings: Vec::new(),
+            binaries: Vec::new(),
+            names: Vec::new(),
+            types: Vec::new(),
+            tags: Vec::new(),
+            measurement: Recent::default(),
+            data_source: Recent::default(),
+            legacy_tags: Recent::default(),
+            field_names: Vec::new(),
+            tag_texts: Vec::new(),
+        }
+    }
+
+    /// Adds `row` as a row group of its own: `FlatBufferRowGroup {
+    /// measurement_name, field_names, field_types, rows: [
+    /// FlatBufferRowInGroup { data_source, tags: "", time, field_values,
+    /// tag_list } ] }`.
+    fn push(&mut self, row: &impl RowView) {
+        let Flat {
+            fbb,
+            groups,
+            longs,
+            bools,
+            doubles,
+            strings,
+            binaries,
+            names,
+            types,
+            tags,
+            measurement,
+            data_source,
+            legacy_tags,
+            field_names,
+            tag_texts,
+        } = self;
+        let measurement = measurement.shared(fbb, row.measurement());
+        names.clear();
+        types.clear();
+        longs.clear();
+        bools.clear();
+        doubles.clear();
+        strings.clear();
+        binaries.clear();
+        // Each value in the typed vector of its type, in field order.
+        for (i, (name, value)) in row.fields().enumerate() {
+            if i == field_names.len() {
+                field_names.push(Recent::default());
+            }
+            names.push(field_names[i].shared(fbb, name));
+            types.push(value.data_type() as u8);
+            match value {
+                FieldRef::Long(v) => longs.push(v),
+                FieldRef::Boolean(v) => bools.push(v),
+                FieldRef::Double(v) => doubles.push(v),
+                FieldRef::String(v) => strings.push(fbb.create_string(v)),
+                FieldRef::Binary(v) => {
+                    // BytesValue { value: [byte] }
+                    let bytes = fbb.create_vector(v);
+                    let start = fbb.start_table();
+                    fbb.push_slot_always(slot(0), bytes);
+                    binaries.push(fbb.end_table(start));
+                }
+            }
+        }
+        let field_names = fbb.create_vector(names);
+        let field_types = fbb.create_vector(types);
+        // Empty typed vectors are left out, as the SDKs do.
+        let longs = (!longs.is_empty()).then(|| fbb.create_vector(longs));
+        let bools = (!bools.is_empty()).then(|| fbb.create_vector(bools));
+        let doubles = (!doubles.is_empty()).then(|| fbb.create_vector(doubles));
+        let strings = (!strings.is_empty()).then(|| fbb.create_vector(strings));
+        let binaries = (!binaries.is_empty()).then(|| fbb.create_vector(binaries));
+        let start = fbb.start_table();
+        if let Some(v) = longs {
+            fbb.push_slot_always(slot(0), v);
+        }
+        if let Some(v) = bools {
+            fbb.push_slot_always(slot(1), v);
+        }
+        if let Some(v) = doubles {
+            fbb.push_slot_always(slot(2), v);
+        }
+        if let Some(v) = strings {
+            fbb.push_slot_always(slot(3), v);
+        }
+        if let Some(v) = binaries {
+            fbb.push_slot_always(slot(4), v);
+        }
+        let values = fbb.end_table(start);
+
+        let data_source = data_source.shared(fbb, row.data_source());
+        let legacy_tags = legacy_tags.shared(fbb, "");
+        tags.clear();
+        for (i, (k, v)) in row.tags().enumerate() {
+            if i == tag_texts.len() {
+                tag_texts.push(Default::default());
+            }
+            let (name, value) = &mut tag_texts[i];
+            let name = name.shared(fbb, k);
+            let value = value.shared(fbb, v);
+            // Tag { name, value }
+            let start = fbb.start_table();
+            fbb.push_slot_always(slot(0), name);
+            fbb.push_slot_always(slot(1), value);
+            tags.push(fbb.end_table(start));
+        }
+        let tag_list = fbb.create_vector(tags);
+
+        // No meta_cache_update_time, as the Python SDK.
+        let start = fbb.start_table();
+        fbb.push_slot_always(slot(2), row.time_us());
+        fbb.push_slot_always(slot(0), data_source);
+        fbb.push_slot_always(slot(1), legacy_tags);
+        fbb.push_slot_always(slot(3), values);
+        fbb.push_slot_always(slot(5), tag_list);
+        let row_table = fbb.end_table(start);
+        let in_group = fbb.create_vector(&[row_table]);
+
+        let start = fbb.start_table();
+        fbb.push_slot_always(slot(0), measurement);
+        fbb.push_slot_always(slot(1), field_names);
+        fbb.push_slot_always(slot(2), field_types);
+        fbb.push_slot_always(slot(3), in_group);
+        groups.push(fbb.end_table(start));
+    }
+
+    /// The finished buffer of the rows pushed since the last call; the
+    /// builder is then reset (it keeps its buffer) and shares nothing with
+    /// what it held.
+    fn finish(&mut self) -> Vec<u8> {
+        let fbb = &mut self.fbb;
+        let groups = fbb.create_vector(&self.groups);
+        // FlatBufferRows { row_groups }
+        let start = fbb.start_table();
+        fbb.push_slot_always(slot(0), groups);
+        let root = fbb.end_table(start);
+        // No file identifier: the SDKs finish without one.
+        fbb.finish_minimal(root);
+        let data = fbb.finished_data().to_vec();
+        fbb.reset();
+        self.groups.clear();
+        let recent = [
+            &mut self.measurement,
+            &mut self.data_source,
+            &mut self.legacy_tags,
+        ];
+        recent
+            .into_iter()
+            .chain(&mut self.field_names)
+            .chain(self.tag_texts.iter_mut().flat_map(|(k, v)| [k, v]))
+            .for_each(|r| r.at = None);
+        data
     }
 }
 

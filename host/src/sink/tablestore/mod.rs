@@ -29,9 +29,10 @@
 //! legacy `tags` string empty; `data_source` always written (`""` when
 //! there is none); `time` in microseconds. Unlike the SDKs, weir writes a
 //! text a request repeats (field names, measurements, data sources, tags)
-//! once and points every row that has it there (`flat.rs`): FlatBuffers
-//! readers follow such offsets like any other, so the bytes differ from
-//! the SDKs' and the decoded rows do not.
+//! once and points every row that has it there ([`encode`], with the
+//! `flatbuffers` crate's shared strings): FlatBuffers readers follow such
+//! offsets like any other, so the bytes differ from the SDKs' and the
+//! decoded rows do not.
 //!
 //! # Rows
 //!
@@ -75,7 +76,6 @@
 
 pub mod client;
 pub mod encode;
-mod flat;
 mod payload;
 pub mod proto;
 pub mod sign;
