@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 
 use bytes::Bytes;
-use flatbuffers::{FlatBufferBuilder, TableFinishedWIPOffset, WIPOffset};
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, TableFinishedWIPOffset, Vector, WIPOffset};
 use prost::Message as _;
 use serde_json::Value as Json;
 
@@ -665,14 +665,20 @@ const fn slot(n: u16) -> u16 {
 
 type Text = WIPOffset<&'static str>;
 type Table = WIPOffset<TableFinishedWIPOffset>;
+type Offsets<T> = WIPOffset<Vector<'static, ForwardsUOffset<T>>>;
+/// A row's field names and types.
+type Schema = (Vec<Text>, Vec<u8>);
+/// `field_names` and `field_types` as written.
+type SchemaVectors = (Offsets<&'static str>, WIPOffset<Vector<'static, u8>>);
 
 /// One request's `FlatBufferRows`, written row after row with the
 /// `flatbuffers` builder. The builder (with its buffer) and the scratch
 /// vectors are reused from one request of a batch to the next.
 ///
-/// A text a request repeats (names, measurements, data sources, tags) is
-/// written once, as one of the builder's shared strings, and pointed to by
-/// every row that has it.
+/// What a request repeats is written once and pointed to by every row
+/// that has it: texts (names, measurements, data sources, tags) as the
+/// builder's shared strings, and a row's field names and types, and its
+/// tags, when they are the previous row's.
 struct Flat {
     fbb: FlatBufferBuilder<'static>,
     groups: Vec<Table>,
@@ -681,15 +687,21 @@ struct Flat {
     doubles: Vec<f64>,
     strings: Vec<Text>,
     binaries: Vec<Table>,
-    names: Vec<Text>,
-    types: Vec<u8>,
-    tags: Vec<Table>,
+    tag_tables: Vec<Table>,
     /// The texts the previous row pointed to, slot by slot.
     measurement: Recent,
     data_source: Recent,
     legacy_tags: Recent,
     field_names: Vec<Recent>,
     tag_texts: Vec<(Recent, Recent)>,
+    /// The field names and types of the row being written; those of the
+    /// previous row, and the vectors written for them.
+    schema: Schema,
+    last_schema: Repeat<Schema, SchemaVectors>,
+    /// The tags of the row being written; those of the previous row, and
+    /// the `tag_list` written for them.
+    tags: Vec<(Text, Text)>,
+    last_tags: Repeat<Vec<(Text, Text)>, Offsets<TableFinishedWIPOffset>>,
 }
 
 /// The shared string one slot of the previous row pointed to. Rows of a
@@ -719,6 +731,40 @@ impl Recent {
     }
 }
 
+/// What the previous row wrote from `key`, for a row with the same key to
+/// point to.
+struct Repeat<K, V> {
+    key: K,
+    at: Option<V>,
+}
+
+impl<K: Default, V> Default for Repeat<K, V> {
+    fn default() -> Self {
+        Repeat {
+            key: K::default(),
+            at: None,
+        }
+    }
+}
+
+impl<K: PartialEq, V: Copy> Repeat<K, V> {
+    /// What was written from `key`: the previous row's, or what `write`
+    /// writes. `key` then becomes the previous row's, and the old one is
+    /// handed back in `key` for its buffers.
+    #[inline]
+    fn get_or_write(&mut self, key: &mut K, write: impl FnOnce(&K) -> V) -> V {
+        if let Some(at) = self.at
+            && self.key == *key
+        {
+            return at;
+        }
+        let at = write(key);
+        std::mem::swap(&mut self.key, key);
+        self.at = Some(at);
+        at
+    }
+}
+
 impl Flat {
     fn with_rows(rows: usize) -> Flat {
         Flat {
@@ -729,14 +775,16 @@ impl Flat {
             doubles: Vec::new(),
             strings: Vec::new(),
             binaries: Vec::new(),
-            names: Vec::new(),
-            types: Vec::new(),
-            tags: Vec::new(),
+            tag_tables: Vec::new(),
             measurement: Recent::default(),
             data_source: Recent::default(),
             legacy_tags: Recent::default(),
             field_names: Vec::new(),
             tag_texts: Vec::new(),
+            schema: Default::default(),
+            last_schema: Repeat::default(),
+            tags: Vec::new(),
+            last_tags: Repeat::default(),
         }
     }
 
@@ -753,18 +801,20 @@ impl Flat {
             doubles,
             strings,
             binaries,
-            names,
-            types,
-            tags,
+            tag_tables,
             measurement,
             data_source,
             legacy_tags,
             field_names,
             tag_texts,
+            schema,
+            last_schema,
+            tags,
+            last_tags,
         } = self;
         let measurement = measurement.shared(fbb, row.measurement());
-        names.clear();
-        types.clear();
+        schema.0.clear();
+        schema.1.clear();
         longs.clear();
         bools.clear();
         doubles.clear();
@@ -775,8 +825,8 @@ impl Flat {
             if i == field_names.len() {
                 field_names.push(Recent::default());
             }
-            names.push(field_names[i].shared(fbb, name));
-            types.push(value.data_type() as u8);
+            schema.0.push(field_names[i].shared(fbb, name));
+            schema.1.push(value.data_type() as u8);
             match value {
                 FieldRef::Long(v) => longs.push(v),
                 FieldRef::Boolean(v) => bools.push(v),
@@ -791,8 +841,9 @@ impl Flat {
                 }
             }
         }
-        let field_names = fbb.create_vector(names);
-        let field_types = fbb.create_vector(types);
+        let (field_names, field_types) = last_schema.get_or_write(schema, |(names, types)| {
+            (fbb.create_vector(names), fbb.create_vector(types))
+        });
         // Empty typed vectors are left out, as the SDKs do.
         let longs = (!longs.is_empty()).then(|| fbb.create_vector(longs));
         let bools = (!bools.is_empty()).then(|| fbb.create_vector(bools));
@@ -825,15 +876,19 @@ impl Flat {
                 tag_texts.push(Default::default());
             }
             let (name, value) = &mut tag_texts[i];
-            let name = name.shared(fbb, k);
-            let value = value.shared(fbb, v);
-            // Tag { name, value }
-            let start = fbb.start_table();
-            fbb.push_slot_always(slot(0), name);
-            fbb.push_slot_always(slot(1), value);
-            tags.push(fbb.end_table(start));
+            tags.push((name.shared(fbb, k), value.shared(fbb, v)));
         }
-        let tag_list = fbb.create_vector(tags);
+        let tag_list = last_tags.get_or_write(tags, |tags| {
+            tag_tables.clear();
+            for &(name, value) in tags {
+                // Tag { name, value }
+                let start = fbb.start_table();
+                fbb.push_slot_always(slot(0), name);
+                fbb.push_slot_always(slot(1), value);
+                tag_tables.push(fbb.end_table(start));
+            }
+            fbb.create_vector(tag_tables)
+        });
 
         // No meta_cache_update_time, as the Python SDK.
         let start = fbb.start_table();
@@ -878,6 +933,8 @@ impl Flat {
             .chain(&mut self.field_names)
             .chain(self.tag_texts.iter_mut().flat_map(|(k, v)| [k, v]))
             .for_each(|r| r.at = None);
+        self.last_schema.at = None;
+        self.last_tags.at = None;
         data
     }
 }

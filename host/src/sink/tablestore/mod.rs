@@ -27,12 +27,13 @@
 //! order; empty typed vectors left out; tags as a `tag_list` of
 //! `Tag { name, value }` sorted by name (written even when empty), the
 //! legacy `tags` string empty; `data_source` always written (`""` when
-//! there is none); `time` in microseconds. Unlike the SDKs, weir writes a
-//! text a request repeats (field names, measurements, data sources, tags)
-//! once and points every row that has it there ([`encode`], with the
-//! `flatbuffers` crate's shared strings): FlatBuffers readers follow such
-//! offsets like any other, so the bytes differ from the SDKs' and the
-//! decoded rows do not.
+//! there is none); `time` in microseconds. Unlike the SDKs, weir writes
+//! what a request repeats once and points every row that has it there:
+//! texts (field names, measurements, data sources, tags), and a row's
+//! `field_names`, `field_types` and `tag_list` when they are the previous
+//! row's ([`encode`], with the `flatbuffers` crate's builder). FlatBuffers
+//! readers follow such offsets like any other, so the bytes differ from
+//! the SDKs' and the decoded rows do not.
 //!
 //! # Rows
 //!
