@@ -31,6 +31,7 @@ use weir::sink::SinkContext;
 use weir::sink::tablestore::RowSpec;
 use weir::template::Template;
 use weir_tablestore_server::TablestoreServer;
+use weir_test_support::thread_cpu;
 
 fn main() {
     let n = std::env::var("WEIR_BENCH_N")
@@ -109,19 +110,6 @@ fn encode_cost(messages: &[Message]) {
         "  CPU time of this thread: encode {best_encode_cpu:.0} ns/row; serde_json decode alone {best_json_cpu:.0} ns/row ({:.1}x of the encode)",
         best_json_cpu / best_encode_cpu
     );
-}
-
-/// CPU time the calling thread has used: what encoding costs even when
-/// other work shares the cores (wall time is also printed).
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn throughput(messages: &[Message]) {

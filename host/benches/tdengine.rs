@@ -24,6 +24,7 @@ use weir::sink::tdengine::{Encoder, MAX_STATEMENT_BYTES, SqlTemplate, TdengineMo
 use weir::sink::{SinkContext, SinkInput};
 use weir::{Fields, Message};
 use weir_tdengine_server::{Options, TdServer};
+use weir_test_support::thread_cpu;
 
 const SEED_SQL: &str = "INSERT INTO iot_data.temp_hum(ts, temp, hum, clientid) VALUES (${ts}, ${temp}, ${hum}, '${clientid}')";
 
@@ -40,18 +41,6 @@ fn readings(n: usize, base: i64) -> Vec<Message> {
             m
         })
         .collect()
-}
-
-/// CPU time the calling thread has used.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn main() {

@@ -447,25 +447,13 @@ impl Pipeline {
                 continue;
             }
             for (index, step) in plugin_swaps(old, new, rule) {
-                let p = new.plugins[&step.plugin].clone();
-                let built = tokio::task::spawn_blocking(move || match &step.window {
-                    None => p
-                        .plugin
-                        .instantiate(&step.plugin, &step.config, p.limits)
-                        .map(|i| Replacement::Transform(Box::new(i))),
-                    Some(_) => p
-                        .plugin
-                        .instantiate_aggregator(&step.plugin, &step.config, p.limits)
-                        .map(|a| Replacement::Aggregate(Box::new(a))),
-                })
-                .await;
-                let error = match built {
-                    Ok(Ok(r)) => {
+                let p = &new.plugins[&step.plugin];
+                let error = match Replacement::build(p.plugin.clone(), step, p.limits).await {
+                    Ok(r) => {
                         swaps.push((rule.name.clone(), index, r));
                         continue;
                     }
-                    Ok(Err(e)) => anyhow::Error::from(e),
-                    Err(e) => anyhow::anyhow!("starting it panicked: {e}"),
+                    Err(e) => anyhow::anyhow!(e),
                 };
                 for (_, s) in started.into_iter().rev() {
                     s.shutdown().await;
@@ -886,6 +874,30 @@ pub enum Replacement {
 }
 
 impl Replacement {
+    /// A new instance of `plugin` for `step` (an aggregator for a window
+    /// step), built and `init`ed with the step's config on a blocking
+    /// thread; the refusal or failure as text.
+    pub async fn build(
+        plugin: crate::engine::Plugin,
+        step: crate::config::StepConfig,
+        limits: crate::engine::Limits,
+    ) -> Result<Replacement, String> {
+        let built = tokio::task::spawn_blocking(move || match &step.window {
+            None => plugin
+                .instantiate(&step.plugin, &step.config, limits)
+                .map(|i| Replacement::Transform(Box::new(i))),
+            Some(_) => plugin
+                .instantiate_aggregator(&step.plugin, &step.config, limits)
+                .map(|a| Replacement::Aggregate(Box::new(a))),
+        })
+        .await;
+        match built {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("starting it panicked: {e}")),
+        }
+    }
+
     /// The plugin the instance runs.
     pub fn plugin(&self) -> &crate::engine::Plugin {
         match self {

@@ -297,24 +297,10 @@ impl Reloader {
             .collect();
         let mut replacements = Vec::with_capacity(steps.len());
         for (rule, index, step) in steps {
-            let (p, limits) = (plugin.clone(), pending.limits);
-            let built = tokio::task::spawn_blocking(move || match &step.window {
-                None => p
-                    .instantiate(&step.plugin, &step.config, limits)
-                    .map(|i| Replacement::Transform(Box::new(i))),
-                Some(_) => p
-                    .instantiate_aggregator(&step.plugin, &step.config, limits)
-                    .map(|a| Replacement::Aggregate(Box::new(a))),
-            })
-            .await;
-            match built {
-                Ok(Ok(r)) => replacements.push((rule, index, r)),
-                Ok(Err(e)) => {
-                    let cause = format!("rule {rule:?}: {e}");
-                    return self.waiting_failed(pipeline, name, &cause).await;
-                }
+            match Replacement::build(plugin.clone(), step, pending.limits).await {
+                Ok(r) => replacements.push((rule, index, r)),
                 Err(e) => {
-                    let cause = format!("rule {rule:?}: starting it panicked: {e}");
+                    let cause = format!("rule {rule:?}: {e}");
                     return self.waiting_failed(pipeline, name, &cause).await;
                 }
             }
@@ -445,24 +431,10 @@ impl Reloader {
         let steps = pipeline.steps_using(name);
         let mut replacements = Vec::with_capacity(steps.len());
         for (rule, index, step) in steps {
-            let p = plugin.clone();
-            let built = tokio::task::spawn_blocking(move || match &step.window {
-                None => p
-                    .instantiate(&step.plugin, &step.config, limits)
-                    .map(|i| Replacement::Transform(Box::new(i))),
-                Some(_) => p
-                    .instantiate_aggregator(&step.plugin, &step.config, limits)
-                    .map(|a| Replacement::Aggregate(Box::new(a))),
-            })
-            .await;
-            match built {
-                Ok(Ok(r)) => replacements.push((rule, index, r)),
-                Ok(Err(e)) => {
-                    let cause = format!("rule {rule:?}: {e}");
-                    return self.failed(&path, before, name, &cause);
-                }
+            match Replacement::build(plugin.clone(), step, limits).await {
+                Ok(r) => replacements.push((rule, index, r)),
                 Err(e) => {
-                    let cause = format!("rule {rule:?}: starting it panicked: {e}");
+                    let cause = format!("rule {rule:?}: {e}");
                     return self.failed(&path, before, name, &cause);
                 }
             }

@@ -12,6 +12,7 @@
 //!   [`publish_many`] (publishes and waits for every acknowledgement).
 //! - [`weir`]: [`WeirProcess`], the `weir` binary under test: its log, its
 //!   HTTP endpoint, a SIGTERM stop, and a kill when the test ends.
+//! - [`thread_cpu`], for benchmarks on a shared machine.
 //!
 //! Helpers panic with a message that says what failed instead of returning
 //! errors: a test has nothing better to do with them. Every wait is bounded.
@@ -34,6 +35,19 @@ pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use mqtt::{Received, Subscriber, SubscriberOptions, publish_many};
 pub use pki::Pki;
 pub use weir::WeirProcess;
+
+/// CPU time the calling thread has used: what a benchmark's work costs even
+/// when other work shares the cores (print wall time beside it).
+pub fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 #[cfg(test)]
 mod tests {
