@@ -619,10 +619,31 @@ fn a_big_guest_compiles_in_the_background_once_and_the_next_start_loads_it_from_
     assert_eq!(health["rules"]["python"]["state"], "starting", "{health}");
     assert!(got("python").is_empty());
 
-    // Then the Python rule starts, with the messages its queue held.
+    // A manifest change made during the compile is applied once it is done.
+    let later = dir.path().join("out-later.jsonl");
+    let mut changed = std::fs::read_to_string(&path).unwrap();
+    changed += &format!(
+        "[sinks.out-later]\ntype = \"file\"\npath = {}\n\n\
+         [[rules]]\nname = \"later\"\nfrom = [\"later/{{device}}\"]\nqos = 1\nto = [\"out-later\"]\n",
+        toml_string(&later.display().to_string())
+    );
+    let tmp = dir.path().join("weir.toml.tmp");
+    std::fs::write(&tmp, changed).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    weir.wait_for_log("The manifest changed while a plugin compiles", 1);
+
+    // Then the Python rule starts, with the messages its queue held, and
+    // the change takes effect after it.
     weir.wait_until("the Python rule has written everything", |_| {
         got("python").len() >= expected.len()
     });
+    weir.wait_for_log("rules added: later", 1);
+    let log = weir.log();
+    let started = log.find("Plugin compiled; its rules start").unwrap();
+    assert!(
+        log.find("rules added: later").unwrap() > started,
+        "the change waited for the compile:\n{log}"
+    );
     let (_, log) = weir.terminate();
     assert_eq!(got("python"), expected, "{log}");
     assert_eq!(got("rust"), expected, "{log}");
