@@ -400,6 +400,26 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+/// Publishes a case's input lines at QoS 1, each to its topic.
+fn publish_inputs(broker: &Mosquitto, inputs: &[Value]) {
+    let topics: Vec<String> = (inputs.iter())
+        .map(|i| i["topic"].as_str().unwrap().to_owned())
+        .collect();
+    let payloads: Vec<Vec<u8>> = (inputs.iter())
+        .map(|i| match i.get("payload") {
+            Some(json) => serde_json::to_vec(json).unwrap(),
+            None => i["payload_text"].as_str().unwrap().as_bytes().to_vec(),
+        })
+        .collect();
+    publish_many_blocking(
+        &broker.url(),
+        move |i| topics[i].clone(),
+        move |i| payloads[i].clone(),
+        inputs.len(),
+        1,
+    );
+}
+
 /// Runs a case through one `weir run` with a rule per language over a real
 /// Mosquitto; returns each language's error reports and the log.
 fn check_mqtt(name: &'static str) -> (BTreeMap<&'static str, Vec<Value>>, String) {
@@ -436,25 +456,7 @@ fn check_mqtt(name: &'static str) -> (BTreeMap<&'static str, Vec<Value>>, String
     }
     let weir = run(dir.path(), &manifest);
 
-    let inputs = case.inputs();
-    let topics: Vec<String> = inputs
-        .iter()
-        .map(|i| i["topic"].as_str().unwrap().to_owned())
-        .collect();
-    let payloads: Vec<Vec<u8>> = inputs
-        .iter()
-        .map(|i| match i.get("payload") {
-            Some(json) => serde_json::to_vec(json).unwrap(),
-            None => i["payload_text"].as_str().unwrap().as_bytes().to_vec(),
-        })
-        .collect();
-    publish_many_blocking(
-        &broker.url(),
-        move |i| topics[i].clone(),
-        move |i| payloads[i].clone(),
-        inputs.len(),
-        1,
-    );
+    publish_inputs(&broker, &case.inputs());
 
     let out = |lang: &str| lines(&dir.path().join(format!("out-{lang}.jsonl")));
     let errors = |lang: &str| lines(&dir.path().join(format!("errors-{lang}.jsonl")));
@@ -583,28 +585,12 @@ fn a_big_guest_compiles_in_the_background_once_and_the_next_start_loads_it_from_
     let weir = Weir::spawn(command, dir.path().join("weir.log"));
     weir.wait_for_log("Subscribed.", 1);
 
-    let inputs = case.inputs();
-    let publish = || {
-        let topics: Vec<String> = (inputs.iter())
-            .map(|i| i["topic"].as_str().unwrap().to_owned())
-            .collect();
-        let payloads: Vec<Vec<u8>> = (inputs.iter())
-            .map(|i| serde_json::to_vec(&i["payload"]).unwrap())
-            .collect();
-        publish_many_blocking(
-            &broker.url(),
-            move |i| topics[i].clone(),
-            move |i| payloads[i].clone(),
-            inputs.len(),
-            1,
-        );
-    };
     let expected: Vec<Value> = case.expected.iter().cloned().map(timeless).collect();
     let got = |lang: &str| -> Vec<Value> { lines(&out(lang)).into_iter().map(timeless).collect() };
 
     // The Rust rule runs while CPython compiles; the Python rule's queue
     // holds the same messages meanwhile.
-    publish();
+    publish_inputs(&broker, &case.inputs());
     weir.wait_until("the Rust rule has written everything", |_| {
         got("rust").len() >= expected.len()
     });
