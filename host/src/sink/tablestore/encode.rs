@@ -1442,13 +1442,7 @@ mod tests {
 
     #[test]
     fn random_payloads_give_the_rows_a_decode_into_a_json_value_gives() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = super::super::random(0x9e37_79b9_7f4a_7c15);
         const KEYS: [&str; 8] = ["a", "B", "b", "m", "src", "t", "o", "k\\u0031"];
         const VALUES: [&str; 20] = [
             "1",

@@ -85,3 +85,15 @@ mod sink;
 pub use client::{Client, ClientSettings, OtsError};
 pub use encode::{Chunk, FieldValue, Row, RowSpec};
 pub use sink::TablestoreSink;
+
+/// A small deterministic generator for the randomised tests: each call
+/// gives a number below its argument (xorshift64).
+#[cfg(test)]
+fn random(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    }
+}

@@ -192,6 +192,16 @@ mod scan {
     fn number(text: &str, start: usize) -> Option<(Entry<'static>, usize)> {
         let p = text.as_bytes();
         let digit = |i: usize| p.get(i).is_some_and(u8::is_ascii_digit);
+        // The index past the digits from `i` on; `None` when there is none.
+        let digits = |mut i: usize| {
+            if !digit(i) {
+                return None;
+            }
+            while digit(i) {
+                i += 1;
+            }
+            Some(i)
+        };
         let mut i = start;
         let negative = p[i] == b'-';
         if negative {
@@ -199,22 +209,12 @@ mod scan {
         }
         match p.get(i) {
             Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => {
-                while digit(i) {
-                    i += 1;
-                }
-            }
+            Some(b'1'..=b'9') => i = digits(i)?,
             _ => return None,
         }
         let mut float = false;
         if p.get(i) == Some(&b'.') {
-            i += 1;
-            if !digit(i) {
-                return None;
-            }
-            while digit(i) {
-                i += 1;
-            }
+            i = digits(i + 1)?;
             float = true;
         }
         if let Some(b'e' | b'E') = p.get(i) {
@@ -222,12 +222,7 @@ mod scan {
             if let Some(b'+' | b'-') = p.get(i) {
                 i += 1;
             }
-            if !digit(i) {
-                return None;
-            }
-            while digit(i) {
-                i += 1;
-            }
+            i = digits(i)?;
             float = true;
         }
         let text = &text[start..i];
@@ -430,13 +425,7 @@ mod tests {
 
     #[test]
     fn random_numbers_read_to_the_values_serde_json_reads() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = super::super::random(0x2545_f491_4f6c_dd1d);
         let mut compared = 0;
         for _ in 0..200_000 {
             let mut text = String::new();
