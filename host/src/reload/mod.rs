@@ -78,6 +78,10 @@ pub struct Reloader {
     again: mpsc::Sender<Change>,
     /// Files whose last load failed, with their stamp at the time.
     failed: HashMap<PathBuf, Stamp>,
+    /// Plugins waited for that could not start, with their file's stamp
+    /// when they were loaded: a later look at the same file (the watcher's
+    /// first look, say) is not reported again.
+    start_failed: HashMap<PathBuf, Stamp>,
     /// Health watchers of sinks started by a reload.
     sink_watchers: tokio::task::JoinSet<()>,
     /// Plugin files being compiled in the background.
@@ -113,6 +117,7 @@ impl Reloader {
             health,
             again,
             failed: HashMap::new(),
+            start_failed: HashMap::new(),
             sink_watchers: tokio::task::JoinSet::new(),
             compiling: Arc::default(),
             manifest_deferred: false,
@@ -259,6 +264,12 @@ impl Reloader {
             // Its compile ends with another change of this file.
             return Outcome::Retrying;
         }
+        let before = stamp(&pending.path);
+        if self.start_failed.get(&pending.path) == Some(&before) {
+            // This very file could not start, and that was reported.
+            tracing::debug!(plugin = name, file = %pending.path.display(), "Plugin file unchanged since it could not start.");
+            return Outcome::Unchanged;
+        }
         let runtime = self.runtime.clone();
         let path = pending.path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -277,10 +288,14 @@ impl Reloader {
                 self.compile_waiting();
                 return Outcome::Retrying;
             }
-            Ok(Err(e)) => return self.waiting_failed(pipeline, name, &e.to_string()).await,
+            Ok(Err(e)) => {
+                return self
+                    .waiting_failed(pipeline, name, before, &e.to_string())
+                    .await;
+            }
             Err(e) => {
                 let cause = format!("loading panicked: {e}");
-                return self.waiting_failed(pipeline, name, &cause).await;
+                return self.waiting_failed(pipeline, name, before, &cause).await;
             }
         };
 
@@ -301,14 +316,14 @@ impl Reloader {
                 Ok(r) => replacements.push((rule, index, r)),
                 Err(e) => {
                     let cause = format!("rule {rule:?}: {e}");
-                    return self.waiting_failed(pipeline, name, &cause).await;
+                    return self.waiting_failed(pipeline, name, before, &cause).await;
                 }
             }
         }
         for (rule, index, next) in replacements {
             if let Err(reason) = pipeline.swap_step(&rule, index, next).await {
                 let cause = format!("rule {rule:?}: {reason}");
-                return self.waiting_failed(pipeline, name, &cause).await;
+                return self.waiting_failed(pipeline, name, before, &cause).await;
             }
         }
 
@@ -345,11 +360,13 @@ impl Reloader {
     }
 
     /// Plugin `name` cannot start: its waiting rules reject their messages
-    /// with `problems`, and are marked failed.
+    /// with `problems`, and are marked failed. `before` is its file's stamp
+    /// when it was loaded.
     async fn waiting_failed(
         &mut self,
         pipeline: &mut Pipeline,
         name: &str,
+        before: Stamp,
         problems: &str,
     ) -> Outcome {
         let rules = self.waiting_for(name);
@@ -357,7 +374,9 @@ impl Reloader {
             pipeline.fail_rule(rule, problems.to_owned());
             self.health.set_rule(rule, crate::health::RuleState::Failed);
         }
-        let file = self.config.compiling[name].path.display().to_string();
+        let path = self.config.compiling[name].path.clone();
+        self.start_failed.insert(path.clone(), before);
+        let file = path.display().to_string();
         telemetry::plugin_start_failed(name, &file, &rules.join(", "), problems);
         self.after_compile(pipeline).await;
         Outcome::Failed(problems.to_owned())
@@ -523,6 +542,8 @@ impl Reloader {
                 .set_rule(&rule.name, crate::health::RuleState::Starting);
         }
         self.config = new;
+        // The rules rebuilt from the new manifest have not been told.
+        self.start_failed.clear();
         self.compile_waiting();
         if changes.is_empty() {
             tracing::info!(file, "Manifest reloaded; nothing changed.");
