@@ -1082,6 +1082,7 @@ impl RuleWorker {
         queue.state.lock().unwrap().held = held;
         let mut worker = Worker {
             rule: Arc::from(rule.name.as_str()),
+            metrics: telemetry::RuleMetrics::new(&rule.name),
             format: rule.format,
             max_payload_bytes: rule.max_payload_bytes,
             steps,
@@ -1129,6 +1130,7 @@ impl RuleWorker {
 
 struct Worker {
     rule: Arc<str>,
+    metrics: telemetry::RuleMetrics,
     format: PayloadFormat,
     max_payload_bytes: usize,
     steps: Vec<RuleStep>,
@@ -1281,7 +1283,7 @@ impl Worker {
 
     fn process(&mut self, batch: Vec<(Message, AckToken)>) {
         let started = Instant::now();
-        telemetry::rule_received(&self.rule, batch.len());
+        self.metrics.received(batch.len());
         if let Some(pending) = self.steps.iter().find_map(|s| match s {
             RuleStep::Pending(p) => Some(p.plugin.clone()),
             _ => None,
@@ -1327,7 +1329,7 @@ impl Worker {
         for token in tokens {
             token.accept();
         }
-        telemetry::rule_latency(&self.rule, started.elapsed());
+        self.metrics.latency(started.elapsed());
     }
 
     /// Advances every window step with the clock (or, `flush`, finishes
@@ -1419,7 +1421,7 @@ impl Worker {
         }
 
         // Deliver.
-        telemetry::rule_emitted(&self.rule, messages.len());
+        self.metrics.emitted(messages.len());
         for (m, &input) in messages.into_iter().zip(&origin) {
             for sink in &self.to {
                 let input = SinkInput {

@@ -32,10 +32,27 @@ pub fn plugin_restarted(plugin: &str, cause: &'static str) {
     counter!(PLUGIN_RESTARTS, "plugin" => plugin.to_owned()).increment(1);
 }
 
-/// Counts records through a plugin.
-pub fn plugin_records(plugin: &str, records_in: usize, records_out: usize) {
-    counter!(PLUGIN_RECORDS_IN, "plugin" => plugin.to_owned()).increment(records_in as u64);
-    counter!(PLUGIN_RECORDS_OUT, "plugin" => plugin.to_owned()).increment(records_out as u64);
+/// The per-batch counters of one plugin instance, registered once (a
+/// lookup by name and labels costs more than the count).
+pub struct PluginMetrics {
+    records_in: metrics::Counter,
+    records_out: metrics::Counter,
+}
+
+impl PluginMetrics {
+    /// The handles of plugin `plugin`.
+    pub fn new(plugin: &str) -> Self {
+        PluginMetrics {
+            records_in: counter!(PLUGIN_RECORDS_IN, "plugin" => plugin.to_owned()),
+            records_out: counter!(PLUGIN_RECORDS_OUT, "plugin" => plugin.to_owned()),
+        }
+    }
+
+    /// Counts the records of one batch in and out.
+    pub fn records(&self, records_in: usize, records_out: usize) {
+        self.records_in.increment(records_in as u64);
+        self.records_out.increment(records_out as u64);
+    }
 }
 
 /// Logs and counts how a component was loaded.
@@ -65,10 +82,28 @@ pub const RULE_DROPPED: &str = "weir_rule_dropped_total";
 /// Time a rule takes for one batch, seconds. Labels: `rule`.
 pub const RULE_BATCH_SECONDS: &str = "weir_rule_batch_seconds";
 
-/// Counts a message received from the broker.
-pub fn source_received(bytes: usize) {
-    counter!(SOURCE_MESSAGES).increment(1);
-    counter!(SOURCE_BYTES).increment(bytes as u64);
+/// The source's per-message counters, registered once.
+pub struct SourceMetrics {
+    messages: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+/// The handles (made after the recorder is installed).
+impl Default for SourceMetrics {
+    fn default() -> Self {
+        SourceMetrics {
+            messages: counter!(SOURCE_MESSAGES),
+            bytes: counter!(SOURCE_BYTES),
+        }
+    }
+}
+
+impl SourceMetrics {
+    /// Counts a message received from the broker.
+    pub fn received(&self, bytes: usize) {
+        self.messages.increment(1);
+        self.bytes.increment(bytes as u64);
+    }
 }
 
 /// Logs and counts a message the source dropped.
@@ -95,14 +130,37 @@ pub fn source_connected(connected: bool) {
     metrics::gauge!(SOURCE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
 }
 
-/// Counts messages a rule took in.
-pub fn rule_received(rule: &str, n: usize) {
-    counter!(RULE_MESSAGES_IN, "rule" => rule.to_owned()).increment(n as u64);
+/// The per-batch metrics of one rule, registered once.
+pub struct RuleMetrics {
+    messages_in: metrics::Counter,
+    messages_out: metrics::Counter,
+    batch_seconds: metrics::Histogram,
 }
 
-/// Counts messages a rule handed to its sinks.
-pub fn rule_emitted(rule: &str, n: usize) {
-    counter!(RULE_MESSAGES_OUT, "rule" => rule.to_owned()).increment(n as u64);
+impl RuleMetrics {
+    /// The handles of rule `rule`.
+    pub fn new(rule: &str) -> Self {
+        RuleMetrics {
+            messages_in: counter!(RULE_MESSAGES_IN, "rule" => rule.to_owned()),
+            messages_out: counter!(RULE_MESSAGES_OUT, "rule" => rule.to_owned()),
+            batch_seconds: metrics::histogram!(RULE_BATCH_SECONDS, "rule" => rule.to_owned()),
+        }
+    }
+
+    /// Counts messages a rule took from its queue.
+    pub fn received(&self, n: usize) {
+        self.messages_in.increment(n as u64);
+    }
+
+    /// Counts messages a rule handed to its sinks.
+    pub fn emitted(&self, n: usize) {
+        self.messages_out.increment(n as u64);
+    }
+
+    /// Records how long a batch took through a rule.
+    pub fn latency(&self, elapsed: std::time::Duration) {
+        self.batch_seconds.record(elapsed.as_secs_f64());
+    }
 }
 
 /// Logs and counts a message a rule dropped.
@@ -130,12 +188,6 @@ pub fn rule_error(rule: &str, topic: &str, kind: &'static str, step: Option<&str
         "Rule could not process a message."
     );
     counter!(RULE_ERRORS, "rule" => rule.to_owned(), "kind" => kind).increment(1);
-}
-
-/// Records how long a rule took for one batch.
-pub fn rule_latency(rule: &str, elapsed: std::time::Duration) {
-    metrics::histogram!(RULE_BATCH_SECONDS, "rule" => rule.to_owned())
-        .record(elapsed.as_secs_f64());
 }
 
 /// Messages handed to a sink. Labels: `sink`.

@@ -200,6 +200,9 @@ pub struct Instance {
     live: Option<Live>,
     encoder: Encoder,
     stats: InstanceStats,
+    /// Registered at the first batch (an instance may be built before
+    /// `weir run` installs its metrics recorder).
+    metrics: Option<telemetry::PluginMetrics>,
 }
 
 struct Live {
@@ -255,6 +258,7 @@ impl Instance {
             live: Some(live),
             encoder: Encoder::new(),
             stats: InstanceStats::default(),
+            metrics: None,
         })
     }
 
@@ -344,7 +348,10 @@ impl Instance {
         self.stats.batches += 1;
         self.stats.records_in += records_in as u64;
         self.stats.records_out += result.outputs.len() as u64;
-        telemetry::plugin_records(&self.name, records_in, result.outputs.len());
+        (self
+            .metrics
+            .get_or_insert_with(|| telemetry::PluginMetrics::new(&self.name)))
+        .records(records_in, result.outputs.len());
         let mut by_kind: BTreeMap<FailureKind, (usize, &str)> = BTreeMap::new();
         for f in &result.failures {
             let entry = by_kind.entry(f.kind).or_insert((0, &f.reason));

@@ -157,6 +157,7 @@ async fn run<C: Client>(
     let mut out = Some(out);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, u64, AckOutcome)>();
     let mut acks = AckQueue::<C::Ack>::default();
+    let metrics = telemetry::SourceMetrics::default();
     let mut overflow: VecDeque<Incoming> = VecDeque::new();
     let mut backoff = backoff_min;
     let mut connection: u64 = 0;
@@ -246,6 +247,7 @@ async fn run<C: Client>(
                         // Draining: leave it unacknowledged for redelivery.
                         continue;
                     };
+                    metrics.received(payload.len());
                     let incoming = accept(topic, payload, qos, ack, connection, &mut acks, &done_tx);
                     match tx.try_send(incoming) {
                         Ok(()) => {}
@@ -319,7 +321,6 @@ fn accept<A: Send + 'static>(
         qos,
         fields: Default::default(),
     };
-    telemetry::source_received(message.payload.len());
     let ack = if qos == 0 {
         ack::track(|_| {})
     } else {
