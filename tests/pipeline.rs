@@ -412,9 +412,16 @@ to = ["out"]
     let publish = |n: usize, payload: fn(usize) -> Vec<u8>| {
         publish_many_blocking(&broker.url(), |_| "devices/d/t".to_owned(), payload, n, 0)
     };
+    // The rule's series exist from its start, at 0.
+    let taken = r#"weir_rule_messages_in_total{rule="r"}"#;
+    weir.wait_for_log("Serving /metrics", 1);
+    let (_, metrics) = weir.http_get("/metrics");
+    assert!(
+        metrics.lines().any(|l| l == format!("{taken} 0")),
+        "{metrics}"
+    );
     // First the worker takes the spinning message...
     publish(1, |_| b"spin".to_vec());
-    let taken = r#"weir_rule_messages_in_total{rule="r"}"#;
     let deadline = Instant::now() + WAIT;
     while weir.metric(taken) < 1.0 {
         assert!(Instant::now() < deadline, "the rule never took the message");
