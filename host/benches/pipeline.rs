@@ -19,6 +19,10 @@
 //! - **CPU µs/msg**: utime + stime of the weir process (`/proc/<pid>/stat`,
 //!   all threads) over that run, divided by N; the broker's and the bench's
 //!   own (publisher + subscriber) alongside, since all share the machine;
+//! - **context switches per message**: weir's voluntary (a thread went to
+//!   sleep waiting) and involuntary (preempted) switches over that run, all
+//!   threads (`/proc/<pid>/task/*/status`), divided by N: handing messages
+//!   between threads one by one shows here;
 //! - **RSS**: weir's `VmRSS` idle (subscribed, 1 s after start) and its
 //!   `VmHWM` (peak) after the throughput run (`/proc/<pid>/status`). The
 //!   first weir starts with an empty compile cache, the second with the
@@ -127,6 +131,9 @@ struct Throughput {
     bench_cpu: f64,
     /// weir's CPU by thread name, µs per message.
     threads: Vec<(String, f64)>,
+    /// weir's context switches per message, voluntary (a thread waited)
+    /// and involuntary (it was preempted), all threads.
+    switches: [f64; 2],
 }
 
 fn print_table(n: usize, rows: &[Row], latency: Option<&(Latency, Latency)>) {
@@ -175,6 +182,11 @@ fn print_table(n: usize, rows: &[Row], latency: Option<&(Latency, Latency)>) {
             "weir CPU µs/msg by thread ({}): {}",
             row.label,
             threads.join(", ")
+        );
+        let [voluntary, involuntary] = row.weir.switches;
+        println!(
+            "weir context switches per message ({}): {voluntary:.2} waits, {involuntary:.2} preemptions",
+            row.label
         );
     }
     if let Some((direct, through)) = latency {
@@ -378,6 +390,29 @@ fn thread_cpu_us(pid: u32) -> Vec<(String, f64)> {
     by_name
 }
 
+/// Context switches of every thread of a process so far: voluntary and
+/// involuntary (`/proc/<pid>/task/*/status`).
+fn context_switches(pid: u32) -> [u64; 2] {
+    let mut total = [0; 2];
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            let count = |prefix: &str| line.strip_prefix(prefix)?.trim().parse::<u64>().ok();
+            if let Some(n) = count("voluntary_ctxt_switches:") {
+                total[0] += n;
+            } else if let Some(n) = count("nonvoluntary_ctxt_switches:") {
+                total[1] += n;
+            }
+        }
+    }
+    total
+}
+
 fn thread_delta(before: &[(String, f64)], after: &[(String, f64)], n: usize) -> Vec<(String, f64)> {
     let mut delta: Vec<(String, f64)> = after
         .iter()
@@ -414,6 +449,7 @@ fn ceiling(broker: &Mosquitto, n: usize) -> Throughput {
         broker_cpu: (broker1 - broker0) / n as f64,
         bench_cpu: (bench1 - bench0) / n as f64,
         threads: Vec::new(),
+        switches: [f64::NAN; 2],
     }
 }
 
@@ -428,6 +464,7 @@ fn through_weir(broker: &Mosquitto, weir: &Weir, n: usize) -> Throughput {
         cpu_us(std::process::id()),
     );
     let threads0 = thread_cpu_us(pid);
+    let switches0 = context_switches(pid);
     let start = Instant::now();
     let publisher = publish(broker, |i| format!("devices/d{}/t", i % 10), n, None);
     let got = sub.collect(expected);
@@ -439,12 +476,14 @@ fn through_weir(broker: &Mosquitto, weir: &Weir, n: usize) -> Throughput {
         cpu_us(std::process::id()),
     );
     let threads1 = thread_cpu_us(pid);
+    let switches1 = context_switches(pid);
     Throughput {
         rate: n as f64 / elapsed.as_secs_f64(),
         weir_cpu: Some((weir1 - weir0) / n as f64),
         broker_cpu: (broker1 - broker0) / n as f64,
         bench_cpu: (bench1 - bench0) / n as f64,
         threads: thread_delta(&threads0, &threads1, n),
+        switches: [0, 1].map(|i| (switches1[i] - switches0[i]) as f64 / n as f64),
     }
 }
 
