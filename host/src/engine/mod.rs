@@ -197,8 +197,9 @@ impl Runtime {
             cause: e,
         })?;
         check_header(path, &bytes)?;
+        let started = Instant::now();
+        let hash = cache::content_hash(&bytes);
         if bytes.len() >= cache::LARGE_BYTES {
-            let hash = cache::content_hash(&bytes);
             let known = self.inner.compiled.lock().unwrap().contains_key(&hash)
                 || self.inner.failed.lock().unwrap().contains_key(&hash)
                 || self.inner.cache.contains(&hash);
@@ -206,16 +207,27 @@ impl Runtime {
                 return Ok(None);
             }
         }
-        self.load_bytes(path, &bytes).map(Some)
+        self.load_checked(path, &bytes, hash, started).map(Some)
     }
 
     /// Like [`Runtime::load`], for bytes already in memory; `path` names them
     /// in messages.
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, PluginError> {
-        let label = path.display().to_string();
         check_header(path, bytes)?;
         let started = Instant::now();
-        let hash = cache::content_hash(bytes);
+        self.load_checked(path, bytes, cache::content_hash(bytes), started)
+    }
+
+    /// [`Runtime::load_bytes`] past the header check, with the bytes'
+    /// content hash (an 18 MB guest is hashed once per load).
+    fn load_checked(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        hash: [u8; 32],
+        started: Instant,
+    ) -> Result<Plugin, PluginError> {
+        let label = path.display().to_string();
         let (component, source) =
             self.compile(&label, &hash, bytes)
                 .map_err(|e| PluginError::Compile {
