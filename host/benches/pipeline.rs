@@ -373,13 +373,7 @@ fn stat_cpu_us(stat: &str) -> f64 {
 /// summed).
 fn thread_cpu_us(pid: u32) -> Vec<(String, f64)> {
     let mut by_name: Vec<(String, f64)> = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by_name;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
+    for stat in task_files(pid, "stat") {
         let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_owned();
         let us = stat_cpu_us(&stat);
         match by_name.iter_mut().find(|(n, _)| *n == name) {
@@ -394,13 +388,7 @@ fn thread_cpu_us(pid: u32) -> Vec<(String, f64)> {
 /// involuntary (`/proc/<pid>/task/*/status`).
 fn context_switches(pid: u32) -> [u64; 2] {
     let mut total = [0; 2];
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return total;
-    };
-    for task in tasks.flatten() {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
+    for status in task_files(pid, "status") {
         for line in status.lines() {
             let count = |prefix: &str| line.strip_prefix(prefix)?.trim().parse::<u64>().ok();
             if let Some(n) = count("voluntary_ctxt_switches:") {
@@ -411,6 +399,17 @@ fn context_switches(pid: u32) -> [u64; 2] {
         }
     }
     total
+}
+
+/// File `file` of every thread of a process (`/proc/<pid>/task/*/<file>`);
+/// a thread that ended meanwhile is left out.
+fn task_files(pid: u32, file: &str) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    (tasks.flatten())
+        .filter_map(|task| std::fs::read_to_string(task.path().join(file)).ok())
+        .collect()
 }
 
 fn thread_delta(before: &[(String, f64)], after: &[(String, f64)], n: usize) -> Vec<(String, f64)> {
