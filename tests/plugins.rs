@@ -329,8 +329,10 @@ mod cache {
             cache_dir: Some(dir.path().to_owned()),
         };
         let first = Runtime::new(options.clone()).unwrap();
+        assert!(!first.compiler_started());
         let plugin = first.load(Path::new(guests::THRESHOLD)).unwrap();
         assert_eq!(plugin.load_source(), LoadSource::Compiled);
+        assert!(first.compiler_started());
         assert_eq!(
             first
                 .load(Path::new(guests::THRESHOLD))
@@ -347,7 +349,11 @@ mod cache {
         let again = second.load(Path::new(guests::THRESHOLD)).unwrap();
         assert_eq!(again.load_source(), LoadSource::Disk);
         assert_eq!(again.content_hash(), plugin.content_hash());
-        // And it works.
+        assert!(
+            !second.compiler_started(),
+            "a cached plugin loads without building the compiler"
+        );
+        // And it runs on the engine that never compiled.
         let mut instance = again
             .instantiate(
                 "hot",

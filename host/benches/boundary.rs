@@ -178,9 +178,9 @@ fn bench_layouts(c: &mut Criterion, rt: &Runtime) {
         FlatBatch, FlatEvent, NestedEvent, Span, WordBatch,
     };
     let engine = rt.engine();
-    let component =
-        wasmtime::component::Component::from_file(engine, weir_test_artifacts::LAYOUT_PROBE)
-            .unwrap();
+    let component = rt
+        .compile_component(&std::fs::read(weir_test_artifacts::LAYOUT_PROBE).unwrap())
+        .unwrap();
     // The probe is built with Rust's std, which imports WASI; link it with
     // an empty context, as the engine does for plugins.
     let mut linker = wasmtime::component::Linker::<ProbeState>::new(engine);

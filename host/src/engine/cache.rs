@@ -3,9 +3,10 @@
 //! Compiling a component is the slow part of loading it (milliseconds for a
 //! Rust guest, seconds for a JavaScript or Python one). The cache keeps
 //! wasmtime's serialized artifact under a name made of the component's
-//! SHA-256 and a fingerprint of everything that makes an artifact
-//! incompatible: the wasmtime version and the engine's configuration (which
-//! includes the enabled cargo features and the target).
+//! SHA-256 and a fingerprint of the wasmtime version and the engine's
+//! configuration (tunables and enabled wasm features). wasmtime checks the
+//! rest when it loads an artifact (the target, the compiler's flags, and
+//! that the CPU has the features the code was compiled for).
 //!
 //! Loading an artifact runs native code from disk, so the folder is created
 //! private to the user (0700) and only this module writes into it, through a
@@ -78,9 +79,12 @@ impl ArtifactCache {
         self.entry(hash).is_some_and(|p| p.exists())
     }
 
-    pub(super) fn get_or_compile(
+    /// The component for `bytes` on `engine`: from the cache, else compiled
+    /// by `compiler` (only built when needed) and stored.
+    pub(super) fn get_or_compile<'e>(
         &self,
         engine: &wasmtime::Engine,
+        compiler: impl FnOnce() -> anyhow::Result<&'e wasmtime::Engine>,
         label: &str,
         hash: &[u8; 32],
         bytes: &[u8],
@@ -112,7 +116,7 @@ impl ArtifactCache {
                 "Compiling a large plugin component (first start; may take seconds)."
             );
         }
-        let artifact = engine
+        let artifact = compiler()?
             .precompile_component(bytes)
             .map_err(to_anyhow)
             .context("compilation failed")?;
@@ -124,7 +128,8 @@ impl ArtifactCache {
                 "Compiled the plugin component; later starts load it from the cache."
             );
         }
-        // SAFETY: the bytes were produced just above by this engine.
+        // SAFETY: the bytes were produced just above by the compiling
+        // engine, whose configuration is `engine`'s.
         let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(to_anyhow)?;
         if let Some(path) = entry
             && let Err(e) = store(&path, &artifact)

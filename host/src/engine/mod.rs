@@ -1,6 +1,6 @@
 //! The WebAssembly plugin runtime.
 //!
-//! Owns the one `wasmtime::Engine` of the process, the compiled-component
+//! Owns the one `wasmtime::Engine` that runs plugins, the compiled-component
 //! cache, and plugin instances. A plugin is loaded once per content hash
 //! ([`Runtime::load`] → [`Plugin`]), pre-linked ([`InstancePre`]), and then
 //! instantiated as many times as it is used ([`Plugin::instantiate`] →
@@ -26,7 +26,7 @@ mod journal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -124,8 +124,17 @@ pub struct Runtime {
     inner: Arc<RuntimeInner>,
 }
 
+/// Two engines of one configuration: `engine` runs every plugin and
+/// compiles nothing; `compiler` compiles, and is built on the first
+/// compilation. A start whose plugins all come from the cache never builds
+/// Cranelift (its target and settings), which keeps that code out of
+/// memory: about 1 MB of resident code. wasmtime checks that an artifact
+/// fits the engine that loads it (same tunables, features, target; CPU
+/// features present), which holds here since both come from
+/// [`engine_config`].
 struct RuntimeInner {
     engine: wasmtime::Engine,
+    compiler: OnceLock<wasmtime::Engine>,
     linker: Linker<HostState>,
     cache: ArtifactCache,
     /// Components already compiled in this process, by content hash.
@@ -147,11 +156,8 @@ impl Runtime {
     /// Builds the engine, links the host imports and WASI, and starts the
     /// epoch ticker.
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
-        let mut config = wasmtime::Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let mut config = engine_config();
+        config.enable_compiler(false);
         let engine = wasmtime::Engine::new(&config).map_err(to_anyhow)?;
 
         let mut linker = Linker::<HostState>::new(&engine);
@@ -166,6 +172,7 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
+                compiler: OnceLock::new(),
                 linker,
                 cache,
                 compiled: Mutex::default(),
@@ -293,7 +300,7 @@ impl Runtime {
         let (component, source) = self
             .inner
             .cache
-            .get_or_compile(&self.inner.engine, label, hash, bytes)
+            .get_or_compile(&self.inner.engine, || self.compiler(), label, hash, bytes)
             .inspect_err(|e| {
                 let error = format!("{e:#}");
                 self.inner.failed.lock().unwrap().insert(*hash, error);
@@ -306,10 +313,50 @@ impl Runtime {
         Ok((component, source))
     }
 
-    /// The wasmtime engine (for benchmarks and tools).
+    /// The engine that compiles, built on first use.
+    fn compiler(&self) -> anyhow::Result<&wasmtime::Engine> {
+        if let Some(engine) = self.inner.compiler.get() {
+            return Ok(engine);
+        }
+        let mut config = engine_config();
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = wasmtime::Engine::new(&config)
+            .map_err(to_anyhow)
+            .context("cannot set up the compiler")?;
+        // Two threads compiling at once may both build one; either will do.
+        Ok(self.inner.compiler.get_or_init(|| engine))
+    }
+
+    /// Whether this runtime has built its compiler: not while every plugin
+    /// came from the cache.
+    pub fn compiler_started(&self) -> bool {
+        self.inner.compiler.get().is_some()
+    }
+
+    /// The engine plugins run on (for benchmarks and tools). It does not
+    /// compile: use [`Runtime::compile_component`].
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.inner.engine
     }
+
+    /// Compiles a component for [`Runtime::engine`], bypassing the cache
+    /// (for benchmarks and tools).
+    pub fn compile_component(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        let artifact = (self.compiler()?)
+            .precompile_component(bytes)
+            .map_err(to_anyhow)?;
+        // SAFETY: the artifact was just produced by the compiling engine,
+        // whose configuration is the runtime engine's.
+        unsafe { Component::deserialize(&self.inner.engine, &artifact) }.map_err(to_anyhow)
+    }
+}
+
+/// The configuration of both engines (see [`RuntimeInner`]); the compiler's
+/// own settings are added where it is built.
+fn engine_config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true).epoch_interruption(true);
+    config
 }
 
 fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
