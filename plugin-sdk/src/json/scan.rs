@@ -7,9 +7,9 @@
 //! It answers only when it is sure `serde_json` would give the same answer,
 //! and gives up ([`Unsure`]) on anything else: a syntax error (whose text
 //! only `serde_json` can write), a `\u` escape, a key with escapes on the
-//! path, a number with an exponent, or a target number whose digits
+//! path, a number with an exponent, a target number of 20 digits that may
 //! overflow a `u64` (where `serde_json`'s own float arithmetic takes over),
-//! nesting deeper than [`MAX_DEPTH`]. The caller then asks `serde_json`.
+//! or nesting deeper than [`MAX_DEPTH`]. The caller then asks `serde_json`.
 //! What it accepts must be exactly what `serde_json` accepts; the tests in
 //! `super` check the two against each other.
 
@@ -26,6 +26,12 @@ const MAX_SAFE_DIGITS: usize = 300;
 
 /// The largest significand an `f64` holds exactly.
 const EXACT_SIGNIFICAND: u64 = 1 << 53;
+
+/// From this significand on, one more digit may overflow a `u64`: the
+/// scanner gives up there (`serde_json` decides) instead of checking each
+/// multiplication, which wasm32 can only do through a 128-bit multiply, a
+/// call to `__multi3` per digit (6 % of a threshold plugin's instructions).
+const SIGNIFICAND_LIMIT: u64 = u64::MAX / 10;
 
 /// The start of `serde_json`'s `POW10` table (the same literals): what a
 /// decimal's digits are divided by. More decimals go to `serde_json`.
@@ -372,12 +378,12 @@ impl<'a> Scanner<'a> {
                 decimals = Some(0);
                 continue;
             }
-            significand = significand
-                .checked_mul(10)
-                .and_then(|s| s.checked_add(u64::from(byte - b'0')))
-                // Past a u64, `serde_json` switches to float arithmetic of
-                // its own.
-                .ok_or(Unsure)?;
+            // Near a u64's end, `serde_json` switches to float arithmetic
+            // of its own.
+            if significand >= SIGNIFICAND_LIMIT {
+                return Err(Unsure);
+            }
+            significand = significand * 10 + u64::from(byte - b'0');
             decimals = decimals.map(|n: usize| n + 1);
         }
         Ok(match (decimals, negative) {
