@@ -116,10 +116,8 @@ impl ArtifactCache {
                 "Compiling a large plugin component (first start; may take seconds)."
             );
         }
-        let artifact = compiler()?
-            .precompile_component(bytes)
-            .map_err(to_anyhow)
-            .context("compilation failed")?;
+        let (artifact, component) =
+            compile(engine, compiler()?, bytes).context("compilation failed")?;
         if bytes.len() >= LARGE_BYTES {
             tracing::info!(
                 plugin = label,
@@ -128,9 +126,6 @@ impl ArtifactCache {
                 "Compiled the plugin component; later starts load it from the cache."
             );
         }
-        // SAFETY: the bytes were produced just above by the compiling
-        // engine, whose configuration is `engine`'s.
-        let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(to_anyhow)?;
         if let Some(path) = entry
             && let Err(e) = store(&path, &artifact)
         {
@@ -138,6 +133,20 @@ impl ArtifactCache {
         }
         Ok((component, LoadSource::Compiled))
     }
+}
+
+/// Compiles `bytes` with `compiler` and loads the result on `engine`, which
+/// has the same configuration: the artifact (to store) and the component.
+pub(super) fn compile(
+    engine: &wasmtime::Engine,
+    compiler: &wasmtime::Engine,
+    bytes: &[u8],
+) -> anyhow::Result<(Vec<u8>, Component)> {
+    let artifact = compiler.precompile_component(bytes).map_err(to_anyhow)?;
+    // SAFETY: the bytes were produced just above by the compiling engine,
+    // whose configuration is `engine`'s.
+    let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(to_anyhow)?;
+    Ok((artifact, component))
 }
 
 fn store(path: &Path, artifact: &[u8]) -> anyhow::Result<()> {

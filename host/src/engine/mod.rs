@@ -342,12 +342,7 @@ impl Runtime {
     /// Compiles a component for [`Runtime::engine`], bypassing the cache
     /// (for benchmarks and tools).
     pub fn compile_component(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        let artifact = (self.compiler()?)
-            .precompile_component(bytes)
-            .map_err(to_anyhow)?;
-        // SAFETY: the artifact was just produced by the compiling engine,
-        // whose configuration is the runtime engine's.
-        unsafe { Component::deserialize(&self.inner.engine, &artifact) }.map_err(to_anyhow)
+        cache::compile(&self.inner.engine, self.compiler()?, bytes).map(|(_, component)| component)
     }
 }
 
