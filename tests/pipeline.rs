@@ -18,13 +18,22 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Starts `weir run` on a manifest and waits until it has subscribed
 /// `subscriptions` times (its log says "Subscribed.").
 fn run(dir: &Path, manifest: &str, subscriptions: usize) -> Weir {
-    let weir = spawn(dir, manifest);
+    run_with(dir, manifest, subscriptions, &[])
+}
+
+/// [`run`] with more arguments to `weir run`.
+fn run_with(dir: &Path, manifest: &str, subscriptions: usize, args: &[&str]) -> Weir {
+    let weir = spawn_with(dir, manifest, args);
     weir.wait_for_log("Subscribed.", subscriptions);
     weir
 }
 
 /// Starts `weir run` on a manifest.
 fn spawn(dir: &Path, manifest: &str) -> Weir {
+    spawn_with(dir, manifest, &[])
+}
+
+fn spawn_with(dir: &Path, manifest: &str, args: &[&str]) -> Weir {
     let path = dir.join(format!("weir-{}.toml", unique()));
     // The HTTP endpoint on a free port: tests run in parallel.
     let manifest = format!("{manifest}\n[http]\nlisten = \"127.0.0.1:0\"\n");
@@ -34,6 +43,7 @@ fn spawn(dir: &Path, manifest: &str) -> Weir {
         .arg("--cache-dir")
         .arg(dir.join("cache"))
         .args(["--log", "info,weir=debug", "run"])
+        .args(args)
         .arg(&path);
     Weir::spawn(command, path.with_extension("log"))
 }
@@ -668,6 +678,85 @@ to = ["out"]
         missing.is_empty(),
         "acknowledged but not written: {missing:?}"
     );
+}
+
+/// `--io-threads` sizes the network side's thread pool (the default is
+/// one thread; every other test here runs on it), and a QoS 1 pipeline
+/// with a file and an MQTT output delivers everything on several.
+#[test]
+fn io_threads_sets_the_network_thread_count_and_the_pipeline_delivers_on_it() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let manifest = format!(
+        r#"
+[broker]
+url = "{url}"
+client_id = "weir-io-{id}"
+
+[plugins.hot]
+path = "{threshold}"
+config = {{ field = "seq", op = ">=", value = 0 }}
+
+[sinks.out]
+type = "file"
+path = "{out}"
+[sinks.again]
+type = "mqtt"
+url = "{url}"
+topic = "again/${{device}}"
+qos = 1
+
+[[rules]]
+name = "all"
+from = ["io/{{device}}"]
+qos = 1
+steps = ["hot"]
+to = ["out", "again"]
+"#,
+        url = broker.url(),
+        id = unique(),
+        threshold = weir_test_artifacts::THRESHOLD,
+        out = toml_path(&out),
+    );
+    let weir = run_with(dir.path(), &manifest, 1, &["--io-threads", "3"]);
+    let running = weir.lines_with("Running.");
+    assert!(
+        running.iter().any(|l| l.contains("io_threads=3")),
+        "{running:?}"
+    );
+    let sub =
+        Subscriber::connect_blocking(&broker.url(), &["again/+"], 1, SubscriberOptions::default());
+    const N: usize = 500;
+    publish_many_blocking(
+        &broker.url(),
+        |i| format!("io/d{}", i % 7),
+        |i| format!(r#"{{"seq": {i}}}"#).into_bytes(),
+        N,
+        1,
+    );
+    let written: BTreeSet<u64> = seqs(&weir.wait_for_lines(&out, N)).into_iter().collect();
+    assert_eq!(written, (0..N as u64).collect());
+    let again = sub.collect_blocking(N, WAIT);
+    assert_eq!(again.len(), N);
+    let (code, log) = weir.terminate();
+    assert_eq!(code, 0, "{log}");
+
+    let default = run(dir.path(), &manifest, 1);
+    let running = default.lines_with("Running.");
+    assert!(
+        running.iter().any(|l| l.contains("io_threads=1")),
+        "{running:?}"
+    );
+    drop(default);
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--io-threads", "0", "weir.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--io-threads"), "{err}");
 }
 
 /// Writes a manifest with five different mistakes; `weir validate` reports

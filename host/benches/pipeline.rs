@@ -25,8 +25,10 @@
 //!   between threads one by one shows here;
 //! - **RSS**: weir's `VmRSS` idle (subscribed, 1 s after start) and its
 //!   `VmHWM` (peak) after the throughput run (`/proc/<pid>/status`). The
-//!   first weir starts with an empty compile cache, the second with the
+//!   first weir starts with an empty compile cache, the others with the
 //!   cache the first filled (a restart);
+//! - with the raised window, weir runs a second time with two I/O threads
+//!   (`--io-threads 2`) instead of its default one: the row `1000, 2 io`;
 //! - **latency** (default broker setting only): messages published at a
 //!   fixed 2000 msg/s for a few seconds; p50/p99/max of (receipt at the
 //!   subscriber of weir's output − `ts`), and the same for the broker alone.
@@ -88,30 +90,42 @@ fn main() {
         eprintln!("broker max_inflight_messages = {label}: ceiling…");
         let ceiling = ceiling(&broker, n);
         eprintln!("  {:.0} msg/s; weir…", ceiling.rate);
-        let weir = Weir::start(weir_bin, &broker, cache.path());
-        let idle_rss = weir.status_kb("VmRSS");
-        let run = through_weir(&broker, &weir, n);
-        let peak_rss = weir.status_kb("VmHWM");
-        eprintln!("  {:.0} msg/s", run.rate);
-        if inflight.is_none() {
-            eprintln!("latency at {LATENCY_RATE} msg/s for {LATENCY_SECONDS} s…");
-            let direct = paced(&broker, "lat/d1/t", "lat/+/t", |_| true);
-            let through = paced(&broker, "devices/lat/t", "out/+", passes);
-            latency = Some((direct, through));
+        // With the raised window, also with two I/O threads instead of
+        // the default one, so the choice of default is measured in the
+        // same run.
+        let variants: &[Option<&str>] = match inflight {
+            None => &[None],
+            Some(_) => &[None, Some("2")],
+        };
+        for &io_threads in variants {
+            let weir = Weir::start(weir_bin, &broker, cache.path(), io_threads);
+            let idle_rss = weir.status_kb("VmRSS");
+            let run = through_weir(&broker, &weir, n);
+            let peak_rss = weir.status_kb("VmHWM");
+            eprintln!("  {:.0} msg/s", run.rate);
+            if inflight.is_none() {
+                eprintln!("latency at {LATENCY_RATE} msg/s for {LATENCY_SECONDS} s…");
+                let direct = paced(&broker, "lat/d1/t", "lat/+/t", |_| true);
+                let through = paced(&broker, "devices/lat/t", "out/+", passes);
+                latency = Some((direct, through));
+            }
+            drop(weir);
+            rows.push(Row {
+                label: match io_threads {
+                    None => label.clone(),
+                    Some(t) => format!("{label}, {t} io"),
+                },
+                ceiling: ceiling.clone(),
+                weir: run,
+                idle_rss,
+                peak_rss,
+            });
         }
-        drop(weir);
-        rows.push(Row {
-            label,
-            ceiling,
-            weir: run,
-            idle_rss,
-            peak_rss,
-        });
     }
 
     print_table(n, &rows, latency.as_ref());
     println!(
-        "RSS idle: the first weir compiled the plugin at start (empty cache), the second loaded it from the cache."
+        "RSS idle: the first weir compiled the plugin at start (empty cache), the others loaded it from the cache."
     );
 }
 
@@ -123,6 +137,7 @@ struct Row {
     peak_rss: u64,
 }
 
+#[derive(Clone)]
 struct Throughput {
     rate: f64,
     /// CPU µs per message: weir (None for the ceiling), broker, bench.
@@ -537,7 +552,8 @@ struct Weir {
 }
 
 impl Weir {
-    fn start(bin: &Path, broker: &Mosquitto, cache: &Path) -> Weir {
+    /// Starts weir, with `--io-threads` if given (else its default).
+    fn start(bin: &Path, broker: &Mosquitto, cache: &Path, io_threads: Option<&str>) -> Weir {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let manifest = format!(
             r#"
@@ -579,6 +595,12 @@ to = ["out", "discard"]
             .arg("--cache-dir")
             .arg(cache)
             .args(["--log", "info", "run"])
+            .args(
+                io_threads
+                    .map(|t| ["--io-threads", t])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
