@@ -10,8 +10,9 @@
 //! `max_buffer_bytes`, `undefined_vars_as_null`); durations are strings with
 //! their unit in the value (`"100ms"`, `"30s"`, `"5m"`), as in EMQX.
 //!
-//! The types are also the manifest's JSON Schema (`weir schema`), and the
-//! schema is what the shape check walks (see `shape.rs`): the known keys,
+//! The types are also the manifest's JSON Schema (`weir schema`; compiled
+//! in from `manifest.schema.json`, see [`super::schema`]), and the schema
+//! is what the shape check walks (see `shape.rs`): the known keys,
 //! types, required keys and ranges are written once, here. Serde's
 //! `deny_unknown_fields` does not work through `#[serde(flatten)]`, so the
 //! sinks carry `#[schemars(deny_unknown_fields)]` instead: the schema says
