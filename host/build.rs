@@ -11,10 +11,10 @@
 //! On x86_64 Linux, where rustc links with its own lld, the functions weir
 //! runs from start to steady state are placed together at the front of
 //! `.text`, in the order `link/startup-order/*.txt` list them
-//! (`--symbol-ordering-file`; `link/profile-startup` regenerates the lists, one per way of building, see [`LISTS`]). Spread
-//! over 23 MB of code, they kept ~9.5 MB of the binary resident through the
-//! kernel's 64 KB fault-around; together, ~2.5 MB. Names a build does not
-//! have are skipped, so a stale list costs memory only.
+//! (`--symbol-ordering-file`; `link/profile-startup` regenerates the lists).
+//! Spread over 23 MB of code, they kept ~9.5 MB of the binary resident
+//! through the kernel's 64 KB fault-around; together, ~2.5 MB. Names a
+//! build does not have are skipped, so a stale list costs memory only.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,13 @@ fn main() {
 /// The lists of every build as one file in `OUT_DIR`, each name once: a
 /// build finds its own names and the linker skips the others.
 ///
+/// There is one list per way of building the binary, since symbol names
+/// carry a hash of each crate's features: `cargo build`/`run`/`install -p
+/// weir` (`build.txt`); `cargo test`/`bench -p weir`, where dev-dependencies
+/// add features to shared crates such as tokio's `test-util`
+/// (`package-tests.txt`); `cargo test --workspace`, as CI runs it, where
+/// every member's dependencies add theirs (`workspace-tests.txt`).
+///
 /// Names ending in `.llvm.<n>` (~12 %: functions rustc's ThinLTO shares
 /// between codegen units) only match in a checkout at the same path as the
 /// one profiled, since `<n>` hashes the unit's contents, source paths
@@ -51,10 +58,18 @@ fn main() {
 fn startup_order() -> std::io::Result<PathBuf> {
     let dir = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
         .join("link/startup-order");
+    let mut lists = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "txt") {
+            lists.push(path);
+        }
+    }
+    lists.sort();
     let mut seen = HashSet::new();
     let mut order = String::new();
-    for list in LISTS {
-        for name in std::fs::read_to_string(dir.join(list))?.lines() {
+    for list in lists {
+        for name in std::fs::read_to_string(list)?.lines() {
             if seen.insert(name.to_owned()) {
                 order.push_str(name);
                 order.push('\n');
@@ -65,13 +80,6 @@ fn startup_order() -> std::io::Result<PathBuf> {
     std::fs::write(&out, order)?;
     Ok(out)
 }
-
-/// One list per way of building the binary, since symbol names carry a
-/// hash of each crate's features: `cargo build`/`run`/`install -p weir`;
-/// `cargo test`/`bench -p weir` (dev-dependencies add features to shared
-/// crates, e.g. tokio's `test-util`); `cargo test --workspace`, as CI runs
-/// it (every member's dependencies add theirs).
-const LISTS: [&str; 3] = ["build.txt", "package-tests.txt", "workspace-tests.txt"];
 
 /// Whether the binary is linked by rustc's own lld, which reads a symbol
 /// ordering file: the default on x86_64-unknown-linux-gnu since Rust 1.90

@@ -40,16 +40,21 @@ fn text_symbols() -> HashMap<String, (u64, u64)> {
 #[test]
 fn the_startup_functions_are_linked_together() {
     let symbols = text_symbols();
-    // One list per way of building (host/build.rs, `LISTS`); this binary is
-    // one of them, so most of one list must name its functions. Names
+    // One list per way of building (host/build.rs, `startup_order`); this
+    // binary is one of them, so most of one list must name its functions. Names
     // ending in `.llvm.<n>` (~12 %) only match at the path the lists were
     // made at.
     let regenerate = "regenerate them with host/link/profile-startup (needs valgrind, mosquitto, mosquitto-clients)";
     let mut found: Vec<(u64, u64)> = Vec::new();
     let mut best = (0, 1);
-    for list in ["build.txt", "package-tests.txt", "workspace-tests.txt"] {
-        let path = format!("{}/link/startup-order/{list}", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/link/startup-order");
+    let lists = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    for path in lists.map(|entry| entry.unwrap().path()) {
+        if path.extension().is_none_or(|e| e != "txt") {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let listed: Vec<&str> = text.lines().collect();
         let here: Vec<(u64, u64)> = listed
             .iter()
