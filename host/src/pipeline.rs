@@ -702,7 +702,7 @@ struct RuleQueue {
     state: Mutex<QueueState>,
     capacity: usize,
     policy: Backpressure,
-    /// Wakes the worker thread.
+    /// Wakes the worker thread when it waits (see `QueueState::waiting`).
     ready: Condvar,
     /// Wakes a router waiting for room.
     room: Notify,
@@ -716,6 +716,10 @@ struct QueueState {
     /// rule rebuilt by a manifest reload waits for its old worker to drain.
     held: bool,
     closed: bool,
+    /// Whether the worker is blocked on `ready`. A push wakes it only
+    /// then: `Condvar::notify_one` is a system call even with nobody
+    /// waiting, and under load the worker is busy with the last batch.
+    waiting: bool,
 }
 
 /// What a rule's worker takes from its queue next.
@@ -739,6 +743,7 @@ impl RuleQueue {
                 commands: VecDeque::new(),
                 held: false,
                 closed: false,
+                waiting: false,
             }),
             capacity: capacity.max(1),
             policy,
@@ -755,7 +760,9 @@ impl RuleQueue {
                 let mut state = self.state.lock().unwrap();
                 if state.items.len() < self.capacity {
                     state.items.push_back(entry.take().expect("pushed once"));
-                    self.ready.notify_one();
+                    if state.waiting {
+                        self.ready.notify_one();
+                    }
                     return;
                 }
                 let (message, ack) = entry.take().expect("pushed once");
@@ -772,7 +779,9 @@ impl RuleQueue {
                             oldest.accept();
                         }
                         state.items.push_back((message, ack));
-                        self.ready.notify_one();
+                        if state.waiting {
+                            self.ready.notify_one();
+                        }
                         return;
                     }
                     _ => entry = Some((message, ack)),
@@ -830,15 +839,20 @@ impl RuleQueue {
                 return Popped::Closed;
             }
             match deadline {
-                None => state = self.ready.wait(state).unwrap(),
+                None => {
+                    state.waiting = true;
+                    state = self.ready.wait(state).unwrap();
+                }
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Popped::Idle;
                     }
+                    state.waiting = true;
                     state = self.ready.wait_timeout(state, left).unwrap().0;
                 }
             }
+            state.waiting = false;
         }
     }
 }
@@ -1567,6 +1581,36 @@ mod tests {
             let rest = queue.pop_batch(10);
             assert_eq!(ids(&rest), [1, 2], "{policy:?}");
             assert!(outcomes.lock().unwrap().is_empty(), "nothing dropped");
+        }
+    }
+
+    /// A push wakes a worker blocked on the empty queue, with or without a
+    /// timeout (the push signals only a waiting worker).
+    #[tokio::test]
+    async fn a_push_wakes_the_waiting_worker() {
+        for timeout in [None, Some(Duration::from_secs(3600))] {
+            let queue = Arc::new(RuleQueue::new("r", 4, Backpressure::Block));
+            let outcomes = Outcomes::default();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn({
+                let queue = queue.clone();
+                move || {
+                    let popped = match queue.pop(10, timeout) {
+                        Popped::Batch(batch) => ids(&batch),
+                        _ => Vec::new(),
+                    };
+                    let _ = tx.send(popped);
+                }
+            });
+            while !queue.state.lock().unwrap().waiting {
+                std::thread::yield_now();
+            }
+            push_all(&queue, &outcomes, 1, 1).await;
+            let popped = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the worker woke up for the pushed message");
+            assert_eq!(popped, [0], "{timeout:?}");
+            assert!(!queue.state.lock().unwrap().waiting);
         }
     }
 }
