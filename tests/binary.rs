@@ -41,9 +41,7 @@ fn text_symbols() -> HashMap<String, (u64, u64)> {
 fn the_startup_functions_are_linked_together() {
     let symbols = text_symbols();
     // One list per way of building (host/build.rs, `startup_order`); this
-    // binary is one of them, so most of one list must name its functions. Names
-    // ending in `.llvm.<n>` (~12 %) only match at the path the lists were
-    // made at.
+    // binary is one of them, so most of one list must name its functions.
     let regenerate = "regenerate them with host/link/profile-startup (needs valgrind, mosquitto, mosquitto-clients)";
     let mut found: Vec<(u64, u64)> = Vec::new();
     let mut best = (0, 1);
