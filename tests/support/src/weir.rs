@@ -192,11 +192,13 @@ impl WeirProcess {
     }
 }
 
-/// The JSON values of a JSON-lines file, one per line (none when the file
-/// does not exist yet).
+/// The JSON values of a JSON-lines file, one per complete line (none when
+/// the file does not exist yet). A last line without its `\n` is still
+/// being written, so a poll that catches it waits for the rest.
 pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
         .lines()
         .map(|l| {
             serde_json::from_str(l)
