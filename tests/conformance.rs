@@ -29,6 +29,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use weir_test_support::WeirProcess as Weir;
+use weir_test_support::weir::json_lines as lines;
 use weir_test_support::{Mosquitto, mqtt::publish_many_blocking};
 
 fn root() -> PathBuf {
@@ -371,14 +372,6 @@ fn run(dir: &Path, manifest: &str) -> Weir {
     let weir = Weir::spawn(command, dir.join("weir.log"));
     weir.wait_for_log("Subscribed.", 1);
     weir
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// An output without what depends on arrival time: `line`, `ts`, and an

@@ -19,6 +19,7 @@ use weir::config::{BrokerConfig, DriverConfig, MqttProtocol, SinkConfig, SinkKin
 use weir::sink::{RunningSink, SinkContext, SinkInput};
 use weir::template::Template;
 use weir::{Fields, Message};
+use weir_test_support::weir::json_lines as read_lines;
 use weir_test_support::{Mosquitto, Subscriber, SubscriberOptions};
 
 /// Bound of every wait on the network.
@@ -90,14 +91,6 @@ async fn all_done(outcomes: &[Outcome]) -> Vec<Option<AckOutcome>> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn read_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
 }
 
 fn numbered(path: &Path, n: u32) -> PathBuf {

@@ -25,6 +25,7 @@ use weir::engine::{Aggregator, FailureKind, Limits, Runtime, RuntimeOptions};
 use weir::window::{ManualClock, Step, WindowOperator, WindowSpec};
 use weir::{Fields, Message};
 use weir_test_support::WeirProcess as Weir;
+use weir_test_support::weir::json_lines;
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeOptions { cache_dir: None }).expect("runtime starts")
@@ -624,10 +625,8 @@ to = ["out"]
     // Wait (bounded) until the windows holding them have all closed.
     let deadline = Instant::now() + WAIT;
     let (windows, total) = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let windows: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        let windows: Vec<Value> = json_lines(&out)
+            .into_iter()
             .map(|line| line["payload"].clone())
             .collect();
         let total: u64 = windows.iter().map(|w| w["count"].as_u64().unwrap()).sum();
@@ -707,13 +706,7 @@ to = ["out"]
     );
     let weir = run(dir.path(), &manifest);
 
-    let read = |path: &Path| -> Vec<Value> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .collect()
-    };
+    let read = json_lines;
     let publish = |events: &'static [(i64, i64)]| {
         publish_many_blocking(
             &broker.url(),
