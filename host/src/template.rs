@@ -165,6 +165,56 @@ impl Payload for serde_json::Value {
     }
 }
 
+/// A message's payload, decoded as JSON the first time a placeholder looks
+/// into it: a template whose variables all resolve from the topic, the
+/// fields or the timestamp (`alerts/${device}`) costs no decoding. It
+/// renders as [`Template::render`] does with the decoded payload when it
+/// is JSON, and with `None` when it is not.
+pub struct LazyJson<'m> {
+    bytes: &'m [u8],
+    decoded: std::cell::OnceCell<Decoded>,
+}
+
+enum Decoded {
+    Json(serde_json::Value),
+    /// Not JSON: `${payload}` is its text, lossily.
+    Text(String),
+}
+
+impl<'m> LazyJson<'m> {
+    /// The payload `bytes`, not decoded yet.
+    pub fn new(bytes: &'m [u8]) -> Self {
+        LazyJson {
+            bytes,
+            decoded: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn decoded(&self) -> &Decoded {
+        self.decoded
+            .get_or_init(|| match serde_json::from_slice(self.bytes) {
+                Ok(json) => Decoded::Json(json),
+                Err(_) => Decoded::Text(String::from_utf8_lossy(self.bytes).into_owned()),
+            })
+    }
+}
+
+impl Payload for LazyJson<'_> {
+    fn whole(&self) -> Value<'_> {
+        match self.decoded() {
+            Decoded::Json(json) => Value::Json(json),
+            Decoded::Text(text) => Value::Str(text),
+        }
+    }
+
+    fn get(&self, path: &[String]) -> Option<Value<'_>> {
+        match self.decoded() {
+            Decoded::Json(json) => json_path(json, path).map(Value::Json),
+            Decoded::Text(_) => None,
+        }
+    }
+}
+
 /// The escape for plain text: strings (JSON strings included) as they are,
 /// other JSON values compact, integers in decimal, NULL as `null`.
 pub fn plain(value: Value<'_>, out: &mut String) {
@@ -705,6 +755,46 @@ mod tests {
         Template::parse(template)
             .unwrap()
             .render_plain(msg, json.as_ref())
+    }
+
+    /// Renders through [`LazyJson`]; also says whether it decoded.
+    fn render_lazy(template: &str, msg: &Message) -> (Result<String, Undefined>, bool) {
+        let json = LazyJson::new(&msg.payload);
+        let mut out = String::new();
+        let rendered = Template::parse(template)
+            .unwrap()
+            .render_payload(msg, &json, &mut plain, &mut out, false)
+            .map(|()| out);
+        (rendered, json.decoded.get().is_some())
+    }
+
+    #[test]
+    fn a_lazy_payload_renders_as_the_decoded_one_and_decodes_only_when_looked_into() {
+        let json = message(r#"{"hum": 90, "device": "from-payload", "a": [1, "x"]}"#);
+        let text = message("not json \u{1}");
+        let bytes = {
+            let mut m = message("");
+            m.payload = vec![b'a', 0xff, b'b'].into();
+            m
+        };
+        for msg in [&json, &text, &bytes] {
+            for template in [
+                "${device}/${topic}/${ts}",
+                "${hum}",
+                "${payload}",
+                "${payload.a.1}",
+                "t/${device}/${payload.hum}",
+                "${missing}",
+            ] {
+                let (lazy, _) = render_lazy(template, msg);
+                assert_eq!(lazy, render(template, msg), "{template:?}");
+            }
+        }
+        let decoded = |template: &str, msg: &Message| render_lazy(template, msg).1;
+        assert!(!decoded("alerts/${device}/${qos}", &json));
+        assert!(!decoded("${temp}", &json), "a field");
+        assert!(decoded("${hum}", &json));
+        assert!(decoded("${payload}", &text));
     }
 
     #[test]

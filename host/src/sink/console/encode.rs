@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::config::ConsoleFormat;
 use crate::message::Message;
 use crate::sink::Rejected;
-use crate::template::{Template, plain};
+use crate::template::{LazyJson, Template, plain};
 
 /// How each line is laid out.
 #[derive(Clone, Debug)]
@@ -70,19 +70,10 @@ impl Layout {
                 template,
                 null_undefined,
             } => {
-                let json = if template.uses_json() {
-                    serde_json::from_slice::<serde_json::Value>(&m.payload).ok()
-                } else {
-                    None
-                };
-                if *null_undefined {
-                    template.render_or_null(m, json.as_ref(), &mut plain, out);
-                    Ok(())
-                } else {
-                    template
-                        .render(m, json.as_ref(), &mut plain, out)
-                        .map_err(|e| e.to_string())
-                }
+                let json = LazyJson::new(&m.payload);
+                template
+                    .render_payload(m, &json, &mut plain, out, *null_undefined)
+                    .map_err(|e| e.to_string())
             }
         }
     }

@@ -5,7 +5,7 @@ use rumqttc::QoS;
 
 use crate::message::Message;
 use crate::sink::Rejected;
-use crate::template::{Template, plain};
+use crate::template::{LazyJson, Payload, Template, plain};
 
 /// How messages become publishes.
 #[derive(Clone, Debug)]
@@ -17,8 +17,6 @@ pub struct Encoder {
     /// The publish retain flag.
     pub retain: bool,
     null_undefined: bool,
-    /// Whether any template looks into the payload's JSON.
-    uses_json: bool,
 }
 
 /// One publish of a batch.
@@ -41,14 +39,12 @@ impl Encoder {
         retain: bool,
         null_undefined: bool,
     ) -> Self {
-        let uses_json = topic.uses_json() || payload.as_ref().is_some_and(Template::uses_json);
         Encoder {
             topic,
             payload,
             qos,
             retain,
             null_undefined,
-            uses_json,
         }
     }
 
@@ -69,15 +65,12 @@ impl Encoder {
     }
 
     fn publish(&self, m: &Message) -> Result<(String, Bytes), String> {
-        let json = if self.uses_json {
-            serde_json::from_slice::<serde_json::Value>(&m.payload).ok()
-        } else {
-            None
-        };
-        let topic = self.render(&self.topic, m, json.as_ref())?;
+        // Decoded once for both templates, and only if one looks into it.
+        let json = LazyJson::new(&m.payload);
+        let topic = self.render(&self.topic, m, &json)?;
         check_topic(&topic)?;
         let payload = match &self.payload {
-            Some(template) => Bytes::from(self.render(template, m, json.as_ref())?),
+            Some(template) => Bytes::from(self.render(template, m, &json)?),
             None => m.payload.clone(),
         };
         Ok((topic, payload))
@@ -87,16 +80,12 @@ impl Encoder {
         &self,
         template: &Template,
         m: &Message,
-        json: Option<&serde_json::Value>,
+        json: &dyn Payload,
     ) -> Result<String, String> {
         let mut out = String::new();
-        if self.null_undefined {
-            template.render_or_null(m, json, &mut plain, &mut out);
-        } else {
-            template
-                .render(m, json, &mut plain, &mut out)
-                .map_err(|e| e.to_string())?;
-        }
+        template
+            .render_payload(m, json, &mut plain, &mut out, self.null_undefined)
+            .map_err(|e| e.to_string())?;
         Ok(out)
     }
 }
