@@ -202,14 +202,14 @@ impl<'m> LazyJson<'m> {
 impl Payload for LazyJson<'_> {
     fn whole(&self) -> Value<'_> {
         match self.decoded() {
-            Decoded::Json(json) => Value::Json(json),
+            Decoded::Json(json) => Payload::whole(json),
             Decoded::Text(text) => Value::Str(text),
         }
     }
 
     fn get(&self, path: &[String]) -> Option<Value<'_>> {
         match self.decoded() {
-            Decoded::Json(json) => json_path(json, path).map(Value::Json),
+            Decoded::Json(json) => Payload::get(json, path),
             Decoded::Text(_) => None,
         }
     }
