@@ -79,15 +79,27 @@ impl WeirProcess {
     /// Waits until the JSON-lines file `path` (a file sink's output) holds
     /// at least `n` lines, and returns them.
     pub fn wait_for_lines(&self, path: &Path, n: usize) -> Vec<serde_json::Value> {
+        self.wait_for_lines_until(path, &format!("{n} lines"), |got| got.len() >= n)
+    }
+
+    /// Waits until the JSON-lines file `path` holds lines for which `done`
+    /// is true, and returns them. For QoS 1 flows that may redeliver, where
+    /// a line count says nothing about which messages arrived.
+    pub fn wait_for_lines_until(
+        &self,
+        path: &Path,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + WAIT;
         loop {
             let got = json_lines(path);
-            if got.len() >= n {
+            if done(&got) {
                 return got;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} has {} of {n} lines\n--- weir log ---\n{}",
+                "{} never held {what}; it has {} lines\n--- weir log ---\n{}",
                 path.display(),
                 got.len(),
                 self.log()
