@@ -7,6 +7,12 @@
 //! output to every sink of the rule. Plugin calls are CPU work, so they run
 //! on the rule's own thread, never on the async runtime.
 //!
+//! After a batch the worker lingers (the rule's `linger`, 200 µs by
+//! default) until [`LINGER_FILL`] messages are queued before it takes the
+//! next one: under load, messages then cross to it and on to the sinks
+//! several at a time instead of one by one, each crossing a thread wake-up
+//! on both sides. The first message after a quiet spell is taken at once.
+//!
 //! Every message carries an ack token from the source ([`crate::ack`]): one
 //! clone travels with each output to each sink, and with each error report
 //! to the error sink; the source acknowledges the message once all of them
@@ -41,6 +47,10 @@ use crate::window::{SystemClock, WindowOperator};
 
 /// Most messages a rule takes from its queue for one batch.
 pub const RULE_BATCH: usize = 256;
+
+/// Queued messages that end a rule's `linger` early (or the queue's
+/// capacity, if smaller).
+pub const LINGER_FILL: usize = 64;
 
 /// How often an idle rule with window steps advances their watermarks
 /// with the clock, so processing-time windows close without new input.
@@ -720,6 +730,9 @@ struct QueueState {
     /// then: `Condvar::notify_one` is a system call even with nobody
     /// waiting, and under load the worker is busy with the last batch.
     waiting: bool,
+    /// Queued messages at which a push wakes the waiting worker: 1, or
+    /// more while it lingers for a fuller batch.
+    wake_at: usize,
 }
 
 /// What a rule's worker takes from its queue next.
@@ -744,6 +757,7 @@ impl RuleQueue {
                 held: false,
                 closed: false,
                 waiting: false,
+                wake_at: 1,
             }),
             capacity: capacity.max(1),
             policy,
@@ -760,7 +774,7 @@ impl RuleQueue {
                 let mut state = self.state.lock().unwrap();
                 if state.items.len() < self.capacity {
                     state.items.push_back(entry.take().expect("pushed once"));
-                    if state.waiting {
+                    if state.waiting && state.items.len() >= state.wake_at {
                         self.ready.notify_one();
                     }
                     return;
@@ -779,7 +793,7 @@ impl RuleQueue {
                             oldest.accept();
                         }
                         state.items.push_back((message, ack));
-                        if state.waiting {
+                        if state.waiting && state.items.len() >= state.wake_at {
                             self.ready.notify_one();
                         }
                         return;
@@ -795,7 +809,7 @@ impl RuleQueue {
     /// then returns nothing).
     #[cfg(test)]
     fn pop_batch(&self, max: usize) -> Vec<(Message, AckToken)> {
-        match self.pop(max, None) {
+        match self.pop(max, None, Duration::ZERO) {
             Popped::Batch(batch) => batch,
             _ => Vec::new(),
         }
@@ -821,13 +835,35 @@ impl RuleQueue {
     /// Waits (up to `timeout`, or without limit) for commands or messages.
     /// Commands come first: a command queued while a batch runs is handled
     /// before the next batch.
-    fn pop(&self, max: usize, timeout: Option<Duration>) -> Popped {
+    ///
+    /// With a `linger`, first waits up to that long for [`LINGER_FILL`]
+    /// messages (or a full queue) to take them as one batch; then takes
+    /// what is queued, or waits on for the first message if nothing is.
+    fn pop(&self, max: usize, timeout: Option<Duration>, linger: Duration) -> Popped {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let fill = self.capacity.min(LINGER_FILL);
+        let mut linger_until = (!linger.is_zero()).then(|| Instant::now() + linger);
         let mut state = self.state.lock().unwrap();
         loop {
             if !state.commands.is_empty() {
                 return Popped::Commands(state.commands.drain(..).collect());
             }
+            if let Some(until) = linger_until
+                && state.items.len() < fill
+                && !state.held
+                && !state.closed
+            {
+                let left = until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    state.waiting = true;
+                    state.wake_at = fill;
+                    state = self.ready.wait_timeout(state, left).unwrap().0;
+                    state.waiting = false;
+                    state.wake_at = 1;
+                    continue;
+                }
+            }
+            linger_until = None;
             if !state.items.is_empty() && !state.held {
                 let n = state.items.len().min(max);
                 let batch: Vec<_> = state.items.drain(..n).collect();
@@ -1086,6 +1122,7 @@ impl RuleWorker {
         let pending = steps.iter().any(|s| matches!(s, RuleStep::Pending(_)));
         let held = held || pending;
         let windowed = (rule.steps.iter()).any(|s| s.window.is_some());
+        let rule_linger = rule.linger;
         let to = rule.to.iter().map(|name| sinks[name].clone()).collect();
         let errors = rule.errors.as_ref().map(|name| sinks[name].clone());
         let queue = Arc::new(RuleQueue::new(
@@ -1110,8 +1147,13 @@ impl RuleWorker {
             .name(format!("rule-{}", rule.name))
             .spawn(move || {
                 let tick = windowed.then_some(WINDOW_TICK);
+                // Only right after a batch: the first message after a quiet
+                // spell is taken at once.
+                let mut linger = Duration::ZERO;
                 loop {
-                    match q.pop(RULE_BATCH, tick) {
+                    let popped = q.pop(RULE_BATCH, tick, linger);
+                    linger = Duration::ZERO;
+                    match popped {
                         Popped::Commands(commands) => {
                             for command in commands {
                                 worker.command(command);
@@ -1122,6 +1164,7 @@ impl RuleWorker {
                             if windowed {
                                 worker.tick(false);
                             }
+                            linger = rule_linger;
                         }
                         Popped::Idle => worker.tick(false),
                         Popped::Closed => {
@@ -1595,7 +1638,7 @@ mod tests {
             std::thread::spawn({
                 let queue = queue.clone();
                 move || {
-                    let popped = match queue.pop(10, timeout) {
+                    let popped = match queue.pop(10, timeout, Duration::ZERO) {
                         Popped::Batch(batch) => ids(&batch),
                         _ => Vec::new(),
                     };
@@ -1612,5 +1655,94 @@ mod tests {
             assert_eq!(popped, [0], "{timeout:?}");
             assert!(!queue.state.lock().unwrap().waiting);
         }
+    }
+
+    /// Pops on another thread; the result arrives on the receiver.
+    fn pop_on_a_thread(
+        queue: &Arc<RuleQueue>,
+        linger: Duration,
+    ) -> std::sync::mpsc::Receiver<(Vec<u64>, Duration)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let popped = match queue.pop(RULE_BATCH, None, linger) {
+                Popped::Batch(batch) => ids(&batch),
+                Popped::Commands(c) => vec![u64::MAX; c.len()],
+                _ => Vec::new(),
+            };
+            let _ = tx.send((popped, started.elapsed()));
+        });
+        rx
+    }
+
+    /// A lingering worker takes the messages pushed one by one as one
+    /// batch, as soon as `LINGER_FILL` are queued, however long its linger.
+    #[tokio::test]
+    async fn a_lingering_worker_takes_one_batch_once_it_fills() {
+        let queue = Arc::new(RuleQueue::new("r", 1000, Backpressure::Block));
+        let outcomes = Outcomes::default();
+        let popped = pop_on_a_thread(&queue, Duration::from_secs(3600));
+        while !queue.state.lock().unwrap().waiting {
+            std::thread::yield_now();
+        }
+        push_all(&queue, &outcomes, LINGER_FILL as u64 + 5, 1).await;
+        let (batch, _) = popped
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker stopped lingering at LINGER_FILL messages");
+        // The pushes may outrun the wake-up; never fewer than the fill.
+        assert!(batch.len() >= LINGER_FILL, "{}", batch.len());
+        assert_eq!(batch, (0..batch.len() as u64).collect::<Vec<_>>());
+    }
+
+    /// A queue smaller than the fill ends the linger when it is full, so
+    /// lingering does not make a QoS 0 rule drop what it would have taken.
+    #[tokio::test]
+    async fn a_lingering_worker_stops_when_its_queue_is_full() {
+        let queue = Arc::new(RuleQueue::new("r", 3, Backpressure::DropNewest));
+        let outcomes = Outcomes::default();
+        let popped = pop_on_a_thread(&queue, Duration::from_secs(3600));
+        while !queue.state.lock().unwrap().waiting {
+            std::thread::yield_now();
+        }
+        push_all(&queue, &outcomes, 3, 0).await;
+        let (batch, _) = popped
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker stopped lingering at a full queue");
+        assert_eq!(batch, [0, 1, 2]);
+    }
+
+    /// Fewer messages than the fill wait out the linger, then go as one
+    /// batch; without a linger they go at once.
+    #[tokio::test]
+    async fn fewer_messages_wait_out_the_linger_and_go_together() {
+        for linger in [Duration::from_millis(30), Duration::ZERO] {
+            let queue = Arc::new(RuleQueue::new("r", 1000, Backpressure::Block));
+            let outcomes = Outcomes::default();
+            push_all(&queue, &outcomes, 3, 1).await;
+            let (batch, waited) = pop_on_a_thread(&queue, linger)
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap();
+            assert_eq!(batch, [0, 1, 2], "{linger:?}");
+            assert!(waited >= linger, "{waited:?} < {linger:?}");
+        }
+    }
+
+    /// A command ends the linger at once: a reload does not wait for it.
+    #[tokio::test]
+    async fn a_command_interrupts_the_linger() {
+        let queue = Arc::new(RuleQueue::new("r", 1000, Backpressure::Block));
+        let outcomes = Outcomes::default();
+        push_all(&queue, &outcomes, 1, 1).await;
+        let popped = pop_on_a_thread(&queue, Duration::from_secs(3600));
+        while !queue.state.lock().unwrap().waiting {
+            std::thread::yield_now();
+        }
+        queue.command(Command::Fail {
+            reason: "test".into(),
+        });
+        let (got, _) = popped.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(got, [u64::MAX], "the command, before the message");
+        assert_eq!(ids(&queue.pop_batch(10)), [0]);
     }
 }

@@ -1540,6 +1540,10 @@ impl<'a, 's> Validator<'a, 's> {
             DEFAULT_MAX_PAYLOAD_BYTES,
         );
         let queue_size = self.at_least_one(&p("queue_size"), spec.queue_size, DEFAULT_QUEUE_SIZE);
+        let linger = match &spec.linger {
+            Some(text) => self.duration(&p("linger"), &text.0),
+            None => Some(DEFAULT_LINGER),
+        };
         let backpressure = spec.backpressure.unwrap_or(Backpressure::Block);
         if backpressure != Backpressure::Block && spec.qos != 0 {
             let what = self.value_label(&p("backpressure"));
@@ -1609,6 +1613,7 @@ impl<'a, 's> Validator<'a, 's> {
             errors: spec.errors,
             backpressure,
             queue_size: queue_size?,
+            linger: linger?,
         })
     }
 
