@@ -240,6 +240,9 @@ async fn run<C: Client>(
     let mut backoff = backoff_min;
     let mut connection: u64 = 0;
     let mut subscriptions: Vec<Subscription> = wanted.borrow_and_update().clone();
+    // Read at the top of every turn, like `phase`: in the `select!` below
+    // the controls come last, so under load the broker's events win there.
+    let mut wanted_now = wanted.clone();
     let mut controls = Controls::new(phase.clone(), wanted);
     loop {
         // Hand held messages on first, in order.
@@ -252,6 +255,10 @@ async fn run<C: Client>(
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => out = None,
             }
+        }
+        if wanted_now.has_changed().unwrap_or(false) {
+            let next = wanted_now.borrow_and_update().clone();
+            resubscribe(&mut client, &mut subscriptions, next);
         }
         let current = *phase.borrow_and_update();
         if current >= Phase::Draining && out.is_some() {
@@ -279,13 +286,12 @@ async fn run<C: Client>(
             .await;
             return;
         }
+        // The controls are polled last: each poll of a waiting `watch`
+        // takes its lock, and the broker's events come several per message.
+        // The top of the loop reads them cheaply on every turn; the wait
+        // here only wakes an idle loop.
         tokio::select! {
             biased;
-            control = controls.next() => {
-                if let Some(next) = control {
-                    resubscribe(&mut client, &mut subscriptions, next);
-                }
-            }
             Some((conn, seq, outcome)) = done_rx.recv() => {
                 if conn == connection {
                     acks.complete(seq, outcome);
@@ -353,6 +359,11 @@ async fn run<C: Client>(
                         }
                     }
                     backoff = (backoff * 2).min(backoff_max);
+                }
+            },
+            control = controls.next() => {
+                if let Some(next) = control {
+                    resubscribe(&mut client, &mut subscriptions, next);
                 }
             }
         }
