@@ -1678,16 +1678,23 @@ mod tests {
         rx
     }
 
+    /// Pops on another thread with an hour's linger, once the worker
+    /// lingers.
+    fn lingering(queue: &Arc<RuleQueue>) -> std::sync::mpsc::Receiver<(Vec<u64>, Duration)> {
+        let popped = pop_on_a_thread(queue, Duration::from_secs(3600));
+        while !queue.state.lock().unwrap().waiting {
+            std::thread::yield_now();
+        }
+        popped
+    }
+
     /// A lingering worker takes the messages pushed one by one as one
     /// batch, as soon as `LINGER_FILL` are queued, however long its linger.
     #[tokio::test]
     async fn a_lingering_worker_takes_one_batch_once_it_fills() {
         let queue = Arc::new(RuleQueue::new("r", 1000, Backpressure::Block));
         let outcomes = Outcomes::default();
-        let popped = pop_on_a_thread(&queue, Duration::from_secs(3600));
-        while !queue.state.lock().unwrap().waiting {
-            std::thread::yield_now();
-        }
+        let popped = lingering(&queue);
         push_all(&queue, &outcomes, LINGER_FILL as u64 + 5, 1).await;
         let (batch, _) = popped
             .recv_timeout(Duration::from_secs(30))
@@ -1703,10 +1710,7 @@ mod tests {
     async fn a_lingering_worker_stops_when_its_queue_is_full() {
         let queue = Arc::new(RuleQueue::new("r", 3, Backpressure::DropNewest));
         let outcomes = Outcomes::default();
-        let popped = pop_on_a_thread(&queue, Duration::from_secs(3600));
-        while !queue.state.lock().unwrap().waiting {
-            std::thread::yield_now();
-        }
+        let popped = lingering(&queue);
         push_all(&queue, &outcomes, 3, 0).await;
         let (batch, _) = popped
             .recv_timeout(Duration::from_secs(30))
@@ -1736,10 +1740,7 @@ mod tests {
         let queue = Arc::new(RuleQueue::new("r", 1000, Backpressure::Block));
         let outcomes = Outcomes::default();
         push_all(&queue, &outcomes, 1, 1).await;
-        let popped = pop_on_a_thread(&queue, Duration::from_secs(3600));
-        while !queue.state.lock().unwrap().waiting {
-            std::thread::yield_now();
-        }
+        let popped = lingering(&queue);
         queue.command(Command::Fail {
             reason: "test".into(),
         });
