@@ -1479,22 +1479,26 @@ impl Worker {
             messages = outcome.outputs.into_iter().map(|o| o.message).collect();
         }
 
-        // Deliver.
+        // Deliver, in one `block_on` for the batch: entering the runtime
+        // for each output cost ~1 000 instructions.
         self.metrics.emitted(messages.len());
-        for (m, &input) in messages.into_iter().zip(&origin) {
-            for sink in &self.to {
-                let input = SinkInput {
-                    message: m.clone(),
-                    ack: tokens
-                        .get(input)
-                        .cloned()
-                        .unwrap_or_else(AckToken::untracked),
-                };
-                if self.runtime.block_on(sink.send(input)).is_err() {
-                    tracing::error!(rule = %self.rule, sink = sink.name(), "Sink is closed; the message stays unacknowledged.");
+        let (to, rule) = (&self.to, &self.rule);
+        self.runtime.block_on(async {
+            for (m, &input) in messages.into_iter().zip(&origin) {
+                for sink in to {
+                    let input = SinkInput {
+                        message: m.clone(),
+                        ack: tokens
+                            .get(input)
+                            .cloned()
+                            .unwrap_or_else(AckToken::untracked),
+                    };
+                    if sink.send(input).await.is_err() {
+                        tracing::error!(rule = %rule, sink = sink.name(), "Sink is closed; the message stays unacknowledged.");
+                    }
                 }
             }
-        }
+        });
     }
 
     /// Logs and counts a message the rule could not process, and sends a
