@@ -726,6 +726,8 @@ to = ["out", "again"]
         out = toml_path(&out),
     );
     let weir = run_with(dir.path(), &manifest, 1, &["--io-threads", "3"]);
+    // "Running." may come after "Subscribed.", which `run_with` waits for.
+    weir.wait_for_log("Running.", 1);
     let running = weir.lines_with("Running.");
     assert!(
         running.iter().any(|l| l.contains("io_threads=3")),
@@ -749,6 +751,7 @@ to = ["out", "again"]
     assert_eq!(code, 0, "{log}");
 
     let default = run(dir.path(), &manifest, 1);
+    default.wait_for_log("Running.", 1);
     let running = default.lines_with("Running.");
     assert!(
         running.iter().any(|l| l.contains("io_threads=1")),
