@@ -5,7 +5,7 @@
 //! (binary actions 6 and 7). The seed scenario runs the real `weir` binary
 //! against a real Mosquitto.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use weir::{Fields, Message};
 use weir_tdengine_server::{Fault, Match, Options, TdError, TdServer, codes};
 use weir_test_support::Mosquitto;
 use weir_test_support::mqtt::publish_many_blocking;
+use weir_test_support::weir::WeirProcess;
 
 /// Both protocol paths.
 const VERSIONS: [&str; 2] = ["3.3.0.0", "3.3.6.0"];
@@ -152,7 +153,7 @@ async fn the_seed_scenario_lands_in_tdengine_with_exact_values_client_ids_and_ti
             r#"
 [broker]
 url = "{url}"
-client_id = "weir-td-seed"
+client_id = "weir-td-seed-{pid}-{tag}"
 
 [http]
 enabled = false
@@ -178,32 +179,20 @@ to = ["td", "archive"]
             dsn = td.dsn("root", "taosdata"),
             sql = SEED_SQL.replace('"', "\\\""),
             archive = archive.display(),
+            pid = std::process::id(),
+            tag = version.replace('.', ""),
         );
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, manifest).unwrap();
-        let log = dir.path().join("weir.log");
-        let mut weir = Command::new(env!("CARGO_BIN_EXE_weir"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+        command
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
             .args(["--log", "info,weir=debug", "run"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let wait_log = |needle: &str| {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains(needle) {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "no {needle:?} in:\n{text}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        };
-        wait_log("Subscribed.");
+            .arg(&path);
+        // Killed when dropped, so a failed assertion leaves no weir behind.
+        let weir = WeirProcess::spawn(command, dir.path().join("weir.log"));
+        weir.wait_for_log("Subscribed.", 1);
         let url = broker.url();
         // One reading at a time, 10 ms apart: weir stamps each on arrival
         // (milliseconds), and two rows of the one table with the same
@@ -235,8 +224,8 @@ to = ["td", "archive"]
             assert!(Instant::now() < deadline, "{version}: {} rows", rows.len());
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        unsafe { libc::kill(weir.id() as i32, libc::SIGTERM) };
-        let _ = weir.wait();
+        let (code, log) = weir.terminate();
+        assert_eq!(code, 0, "{log}");
 
         // What weir saw, from the file sink of the same rule.
         let mut expected: Vec<(i64, String, f64, f64)> = std::fs::read_to_string(&archive)

@@ -583,7 +583,7 @@ fn processing_time_windows_over_mosquitto_count_every_message_exactly_once() {
         r#"
 [broker]
 url = "{url}"
-client_id = "weir-windows"
+client_id = "weir-windows-{pid}"
 
 [http]
 listen = "127.0.0.1:0"
@@ -604,6 +604,7 @@ steps = [{{ plugin = "stats", config = {{ fields = ["v"], aggregates = ["sum"] }
 to = ["out"]
 "#,
         url = broker.url(),
+        pid = std::process::id(),
         stats = weir_test_artifacts::STATS,
         out = out.display().to_string(),
     );
@@ -679,7 +680,7 @@ fn late_events_go_to_the_late_to_sink_over_mosquitto() {
         r#"
 [broker]
 url = "{url}"
-client_id = "weir-windows-late"
+client_id = "weir-windows-late-{pid}"
 
 [plugins.stats]
 path = {stats:?}
@@ -700,6 +701,7 @@ steps = [{{ plugin = "stats", config = {{ fields = ["v"], aggregates = ["sum"] }
 to = ["out"]
 "#,
         url = broker.url(),
+        pid = std::process::id(),
         stats = weir_test_artifacts::STATS,
         out = out.display().to_string(),
         late = late.display().to_string(),
