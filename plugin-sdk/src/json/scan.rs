@@ -51,6 +51,45 @@ static PLAIN: [bool; 256] = {
     plain
 };
 
+/// `0x01` in every byte of a word.
+const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+/// `0x80` in every byte of a word.
+const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// Where the run of [`PLAIN`] bytes that starts at `at` ends: eight bytes
+/// at a time while eight remain, then one at a time.
+///
+/// In a word, a byte is flagged (its high bit set in `stops`) if it is
+/// below `0x20`, `"`, `\\` or `0x80` and up. The zero-byte tests
+/// (`(w - ONES) & !w & HIGHS`) may also flag a byte after a true hit, never
+/// one before it, so the lowest flag is the first byte that ends the run.
+/// Byte at a time, each turn of the loop in wasm also checks the deadline,
+/// and inside [`Scanner::value`] Cranelift kept the loop's values in stack
+/// slots: ~20 instructions a byte.
+#[inline(always)]
+fn plain_run(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let control = word.wrapping_sub(ONES * 0x20) & !word;
+        let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES)
+            & !(word ^ (ONES * u64::from(b'"')));
+        let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES)
+            & !(word ^ (ONES * u64::from(b'\\')));
+        let stops = (control | quote | backslash | word) & HIGHS;
+        if stops != 0 {
+            return at + (stops.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while let Some(&byte) = bytes.get(at) {
+        if !PLAIN[usize::from(byte)] {
+            break;
+        }
+        at += 1;
+    }
+    at
+}
+
 /// The scanner cannot tell; ask `serde_json`.
 #[derive(Debug, PartialEq)]
 pub(super) struct Unsure;
@@ -86,9 +125,15 @@ impl<'a> Scanner<'a> {
 
     #[inline(always)]
     fn whitespace(&mut self) {
+        // Between two tokens there is mostly nothing or one space: those
+        // take no loop, whose every turn in wasm also checks the deadline.
+        let is_space = |byte: Option<&u8>| matches!(byte, Some(b' ' | b'\n' | b'\r' | b'\t'));
         let mut at = self.at;
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(at) {
+        if is_space(self.bytes.get(at)) {
             at += 1;
+            while is_space(self.bytes.get(at)) {
+                at += 1;
+            }
         }
         self.at = at;
     }
@@ -280,12 +325,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         let mut ascii = true;
         loop {
-            while let Some(&byte) = bytes.get(at) {
-                if !PLAIN[usize::from(byte)] {
-                    break;
-                }
-                at += 1;
-            }
+            at = plain_run(bytes, at);
             match bytes.get(at) {
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -409,5 +449,73 @@ impl<'a> Scanner<'a> {
                 Found::Float(if negative { -value } else { value })
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`plain_run`] one byte at a time.
+    fn plain_run_bytewise(bytes: &[u8], mut at: usize) -> usize {
+        while bytes.get(at).is_some_and(|&b| PLAIN[usize::from(b)]) {
+            at += 1;
+        }
+        at
+    }
+
+    fn check_run(bytes: &[u8], at: usize) {
+        assert_eq!(
+            plain_run(bytes, at),
+            plain_run_bytewise(bytes, at),
+            "{bytes:?} from {at}"
+        );
+    }
+
+    #[test]
+    fn the_word_at_a_time_run_ends_where_the_byte_at_a_time_run_does() {
+        // Every byte value at every position of runs shorter and longer
+        // than a word, from every start.
+        for len in 0..=20 {
+            for position in 0..len {
+                for byte in 0..=255u8 {
+                    for fill in [b'a', b'~'] {
+                        let mut bytes = vec![fill; len];
+                        bytes[position] = byte;
+                        // A second stop further on must not hide the first.
+                        if position + 3 < len {
+                            bytes[position + 3] = b'"';
+                        }
+                        for start in 0..=len {
+                            check_run(&bytes, start);
+                        }
+                    }
+                }
+            }
+        }
+        // Mixed words: stops, and bytes next to them for the borrows.
+        let pick = [
+            0x00, 0x01, 0x1f, 0x20, 0x21, 0x22, 0x23, b'/', b'0', b'9', b':', 0x5b, 0x5c, 0x5d,
+            0x7f, 0x80, 0xf9, 0xfa, 0xff,
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes: Vec<u8> = state
+                .to_le_bytes()
+                .iter()
+                .chain(&(state >> 3).to_le_bytes())
+                .map(|&r| match r % 4 {
+                    0 => pick[usize::from(r / 4) % pick.len()],
+                    1 => b'0' + r % 10,
+                    _ => b'a' + r % 26,
+                })
+                .collect();
+            for start in 0..bytes.len() {
+                check_run(&bytes, start);
+            }
+        }
     }
 }
