@@ -33,7 +33,8 @@
 //!   fixed 2000 msg/s for a few seconds; p50/p99/max of (receipt at the
 //!   subscriber of weir's output − `ts`), and the same for the broker alone.
 //!
-//! `WEIR_BENCH_N` sets N (default 100 000). Runs the `weir` binary cargo
+//! `WEIR_BENCH_N` sets N (default 100 000); `WEIR_BENCH_LINGER` sets the
+//! rule's `linger` (default: the manifest's default). Runs the `weir` binary cargo
 //! builds for benches (`CARGO_BIN_EXE_weir`, the release profile).
 
 use std::path::Path;
@@ -583,8 +584,12 @@ from = ["devices/{{device}}/t"]
 qos = 1
 steps = ["hot"]
 to = ["out", "discard"]
+{linger}
 "#,
             url = broker.url(),
+            linger = std::env::var("WEIR_BENCH_LINGER")
+                .map(|l| format!("linger = {l:?}"))
+                .unwrap_or_default(),
             id = unique("weir-bench"),
             threshold = weir_test_artifacts::THRESHOLD.replace('\\', "\\\\"),
         );
