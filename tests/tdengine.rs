@@ -5,7 +5,7 @@
 //! (binary actions 6 and 7). The seed scenario runs the real `weir` binary
 //! against a real Mosquitto.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -236,7 +236,7 @@ to = ["td", "archive"]
             assert!(Instant::now() < deadline, "{version}: archived {archived}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let clients: std::collections::BTreeSet<&str> = seen.iter().map(|r| r.1.as_str()).collect();
+        let clients: BTreeSet<&str> = seen.iter().map(|r| r.1.as_str()).collect();
         assert_eq!(clients.into_iter().collect::<Vec<_>>(), ["c0", "c1", "c2"]);
         // Two readings weir stamped in the same millisecond (its network
         // thread held up on a busy machine, then reading both at once) are

@@ -34,8 +34,8 @@
 //!   subscriber of weir's output − `ts`), and the same for the broker alone.
 //!
 //! `WEIR_BENCH_N` sets N (default 100 000); `WEIR_BENCH_LINGER` sets the
-//! rule's `linger` (default: the manifest's default). Runs the `weir` binary cargo
-//! builds for benches (`CARGO_BIN_EXE_weir`, the release profile).
+//! rule's `linger` (unset: the manifest's default). Runs the `weir` binary
+//! cargo builds for benches (`CARGO_BIN_EXE_weir`, the release profile).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
