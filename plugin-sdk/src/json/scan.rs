@@ -60,9 +60,10 @@ const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
 /// at a time while eight remain, then one at a time.
 ///
 /// In a word, a byte is flagged (its high bit set in `stops`) if it is
-/// below `0x20`, `"`, `\\` or `0x80` and up. The zero-byte tests
-/// (`(w - ONES) & !w & HIGHS`) may also flag a byte after a true hit, never
-/// one before it, so the lowest flag is the first byte that ends the run.
+/// below `0x20`, `"`, `\\` or `0x80` and up. The borrow tests
+/// (`(w - n * ONES) & !w & HIGHS`, with `n` 1 for a byte equal to zero) may
+/// also flag a byte after a true hit, never one before it, so the lowest
+/// flag is the first byte that ends the run.
 /// Byte at a time, each turn of the loop in wasm also checks the deadline,
 /// and inside [`Scanner::value`] Cranelift kept the loop's values in stack
 /// slots: ~20 instructions a byte.
@@ -70,12 +71,13 @@ const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
 fn plain_run(bytes: &[u8], mut at: usize) -> usize {
     while let Some(chunk) = bytes.get(at..at + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let control = word.wrapping_sub(ONES * 0x20) & !word;
-        let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES)
-            & !(word ^ (ONES * u64::from(b'"')));
-        let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES)
-            & !(word ^ (ONES * u64::from(b'\\')));
-        let stops = (control | quote | backslash | word) & HIGHS;
+        // Flag the bytes below `n` (at most 0x80), and those equal to `b`.
+        let below = |n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word;
+        let equal = |b: u8| {
+            let other = word ^ (ONES * u64::from(b));
+            other.wrapping_sub(ONES) & !other
+        };
+        let stops = (below(0x20) | equal(b'"') | equal(b'\\') | word) & HIGHS;
         if stops != 0 {
             return at + (stops.trailing_zeros() / 8) as usize;
         }
