@@ -696,7 +696,7 @@ async fn route(
             },
         };
         router.route(&message.topic, |rule, captures| {
-            targets.push((rule, Fields::from_pairs(captures.iter().copied())));
+            targets.push((rule, Fields::from_pairs(captures)));
         });
         for (rule, fields) in targets.drain(..) {
             let mut m = message.clone();

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::RuleConfig;
-use crate::rule::TopicFilter;
+use crate::rule::{Captures, TopicFilter};
 use crate::source::Subscription;
 
 /// The broker subscriptions for a set of rules: one per distinct filter and
@@ -92,16 +92,12 @@ impl Router {
         }
     }
 
-    /// Calls `f(rule index, captures)` for every rule the topic matches.
-    pub fn route<'t>(&self, topic: &'t str, mut f: impl FnMut(usize, &[(&str, &'t str)])) {
-        let mut captures = Vec::new();
+    /// Calls `f(rule index, captures)` for every rule the topic matches
+    /// (the captures of the rule's first matching filter).
+    pub fn route<'t>(&self, topic: &'t str, mut f: impl FnMut(usize, Captures<'_, 't>)) {
         for (index, filters) in &self.rules {
-            for filter in filters {
-                captures.clear();
-                if filter.matches(topic, &mut captures) {
-                    f(*index, &captures);
-                    break;
-                }
+            if let Some(filter) = filters.iter().find(|filter| filter.matches(topic)) {
+                f(*index, filter.captures(topic));
             }
         }
     }

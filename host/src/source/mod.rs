@@ -274,7 +274,7 @@ async fn run<C: Client>(
                     acks.complete(seq, outcome);
                 }
             }
-            for publish in acks.ready() {
+            while let Some(publish) = acks.next_ready() {
                 let _ = client.try_ack(&publish);
             }
             client.try_disconnect();
@@ -295,7 +295,7 @@ async fn run<C: Client>(
             Some((conn, seq, outcome)) = done_rx.recv() => {
                 if conn == connection {
                     acks.complete(seq, outcome);
-                    for publish in acks.ready() {
+                    while let Some(publish) = acks.next_ready() {
                         if client.try_ack(&publish).is_err() {
                             telemetry::source_error("ack_queue_full", "Cannot queue an acknowledgement; the broker will redeliver.");
                         }
@@ -441,15 +441,16 @@ impl<A> AckQueue<A> {
         }
     }
 
-    /// Acknowledgements that can be sent now, in order.
-    fn ready(&mut self) -> Vec<A> {
-        let mut out = Vec::new();
+    /// The next acknowledgement that can be sent now: acknowledgements go
+    /// out in arrival order. Taken one at a time, so that sending them
+    /// allocates nothing.
+    fn next_ready(&mut self) -> Option<A> {
         while !self.blocked {
             match self.pending.front() {
                 Some((_, Some(AckOutcome::Accepted))) => {
                     let (publish, _) = self.pending.pop_front().expect("front exists");
                     self.first += 1;
-                    out.push(publish);
+                    return Some(publish);
                 }
                 Some((_, Some(AckOutcome::Abandoned))) => {
                     tracing::warn!(
@@ -460,7 +461,7 @@ impl<A> AckQueue<A> {
                 _ => break,
             }
         }
-        out
+        None
     }
 }
 
@@ -472,6 +473,11 @@ mod tests {
         pkid
     }
 
+    /// Every acknowledgement that can be sent now.
+    fn ready(q: &mut AckQueue<u16>) -> Vec<u16> {
+        std::iter::from_fn(|| q.next_ready()).collect()
+    }
+
     #[test]
     fn acknowledgements_go_out_in_arrival_order() {
         let mut q = AckQueue::default();
@@ -479,14 +485,14 @@ mod tests {
         let b = q.push(publish(2));
         let c = q.push(publish(3));
         q.complete(c, AckOutcome::Accepted);
-        assert!(q.ready().is_empty(), "3 waits for 1 and 2");
+        assert!(ready(&mut q).is_empty(), "3 waits for 1 and 2");
         q.complete(a, AckOutcome::Accepted);
-        assert_eq!(q.ready(), [1]);
+        assert_eq!(ready(&mut q), [1]);
         q.complete(b, AckOutcome::Accepted);
-        assert_eq!(q.ready(), [2, 3]);
+        assert_eq!(ready(&mut q), [2, 3]);
         let d = q.push(publish(4));
         q.complete(d, AckOutcome::Accepted);
-        assert_eq!(q.ready(), [4]);
+        assert_eq!(ready(&mut q), [4]);
     }
 
     #[test]
@@ -496,6 +502,6 @@ mod tests {
         let b = q.push(publish(2));
         q.complete(b, AckOutcome::Accepted);
         q.complete(a, AckOutcome::Abandoned);
-        assert!(q.ready().is_empty());
+        assert!(ready(&mut q).is_empty());
     }
 }
