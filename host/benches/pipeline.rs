@@ -19,6 +19,13 @@
 //! - **CPU µs/msg**: utime + stime of the weir process (`/proc/<pid>/stat`,
 //!   all threads) over that run, divided by N; the broker's and the bench's
 //!   own (publisher + subscriber) alongside, since all share the machine;
+//! - **bench clients' CPU µs/msg**: the bench's subscriber thread
+//!   (`/proc/self/task/<tid>/stat`) and its publisher's two threads
+//!   (`CLOCK_THREAD_CPUTIME_ID`), divided by N. In the ceiling run the
+//!   subscriber is a bare rumqttc QoS 1 client that reads each message and
+//!   acknowledges it: what any MQTT client pays per message on this
+//!   machine, and the floor for weir's network side. weir's CPU per message
+//!   is printed as a multiple of it;
 //! - **context switches per message**: weir's voluntary (a thread went to
 //!   sleep waiting) and involuntary (preempted) switches over that run, all
 //!   threads (`/proc/<pid>/task/*/status`), divided by N: handing messages
@@ -150,6 +157,15 @@ struct Throughput {
     /// weir's context switches per message, voluntary (a thread waited)
     /// and involuntary (it was preempted), all threads.
     switches: [f64; 2],
+    /// CPU µs per message of the bench's two MQTT clients: the subscriber's
+    /// thread and the publisher's (its event loop and its producer).
+    clients: Clients,
+}
+
+#[derive(Clone, Copy)]
+struct Clients {
+    subscriber: f64,
+    publisher: f64,
 }
 
 fn print_table(n: usize, rows: &[Row], latency: Option<&(Latency, Latency)>) {
@@ -203,6 +219,16 @@ fn print_table(n: usize, rows: &[Row], latency: Option<&(Latency, Latency)>) {
         println!(
             "weir context switches per message ({}): {voluntary:.2} waits, {involuntary:.2} preemptions",
             row.label
+        );
+        let (ceiling, through) = (row.ceiling.clients, row.weir.clients);
+        println!(
+            "bench clients CPU µs/msg ({}): ceiling run: subscriber {:.2}, publisher {:.2}; weir run: subscriber {:.2}, publisher {:.2}; weir = {:.1}× the ceiling's subscriber",
+            row.label,
+            ceiling.subscriber,
+            ceiling.publisher,
+            through.subscriber,
+            through.publisher,
+            row.weir.weir_cpu.unwrap_or(f64::NAN) / ceiling.subscriber,
         );
     }
     if let Some((direct, through)) = latency {
@@ -259,6 +285,8 @@ struct Sub {
     client: Client,
     received: mpsc::Receiver<(Instant, u128, bytes::Bytes)>,
     thread: Option<JoinHandle<()>>,
+    /// The thread's id, for its CPU time.
+    tid: libc::pid_t,
 }
 
 impl Sub {
@@ -269,7 +297,10 @@ impl Sub {
             .expect("queue the subscription");
         let (tx, received) = mpsc::channel();
         let (ready_tx, ready) = mpsc::channel();
+        let (tid_tx, tid) = mpsc::channel();
         let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
             for event in connection.iter() {
                 match event {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -290,7 +321,14 @@ impl Sub {
             client,
             received,
             thread: Some(thread),
+            tid: tid.recv().expect("the subscriber's thread id"),
         }
+    }
+
+    /// CPU time (µs) of the subscriber's thread so far.
+    fn cpu_us(&self) -> f64 {
+        let path = format!("/proc/self/task/{}/stat", self.tid);
+        stat_cpu_us(&std::fs::read_to_string(path).expect("read the subscriber's stat"))
     }
 
     /// Waits for `n` messages; returns each one's receipt instant, receipt
@@ -320,13 +358,14 @@ impl Drop for Sub {
 
 /// Publishes `n` messages on `topic(i)` at QoS 1 from its own thread,
 /// `interval` apart if given (else as fast as possible); returns when all
-/// are acknowledged.
+/// are acknowledged. The thread's result is the CPU time (µs) that the
+/// publisher's two threads used.
 fn publish(
     broker: &Mosquitto,
     topic: impl Fn(usize) -> String + Send + 'static,
     n: usize,
     interval: Option<Duration>,
-) -> JoinHandle<()> {
+) -> JoinHandle<f64> {
     let (client, mut connection) = Client::new(mqtt_options(broker, "bench-pub"), 10_000);
     std::thread::spawn(move || {
         let producer = std::thread::spawn(move || {
@@ -343,7 +382,7 @@ fn publish(
                     .publish(topic(i), QoS::AtLeastOnce, false, payload(i, now_ns()))
                     .expect("queue a publish");
             }
-            client
+            (client, thread_cpu_us())
         });
         let mut acked = 0;
         for event in connection.iter() {
@@ -358,14 +397,27 @@ fn publish(
                 Err(e) => panic!("publisher: {e} ({acked}/{n} acknowledged)"),
             }
         }
-        let client = producer.join().expect("the producer thread");
+        let (client, producer_cpu) = producer.join().expect("the producer thread");
         let _ = client.disconnect();
         for event in connection.iter() {
             if matches!(event, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
                 break;
             }
         }
+        producer_cpu + thread_cpu_us()
     })
+}
+
+/// CPU time (µs) of the calling thread so far.
+fn thread_cpu_us() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    now.tv_sec as f64 * 1e6 + now.tv_nsec as f64 / 1e3
 }
 
 /// CPU time (µs) of a process, all threads: utime + stime from
@@ -387,7 +439,7 @@ fn stat_cpu_us(stat: &str) -> f64 {
 
 /// CPU time (µs) per thread name of a process (threads with the same name
 /// summed).
-fn thread_cpu_us(pid: u32) -> Vec<(String, f64)> {
+fn cpu_us_by_thread(pid: u32) -> Vec<(String, f64)> {
     let mut by_name: Vec<(String, f64)> = Vec::new();
     for stat in task_files(pid, "stat") {
         let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_owned();
@@ -452,11 +504,13 @@ fn broker_pid(broker: &Mosquitto) -> u32 {
 fn ceiling(broker: &Mosquitto, n: usize) -> Throughput {
     let sub = Sub::connect(broker, "ceil/+/t");
     let (broker0, bench0) = (cpu_us(broker_pid(broker)), cpu_us(std::process::id()));
+    let sub0 = sub.cpu_us();
     let start = Instant::now();
     let publisher = publish(broker, |i| format!("ceil/d{}/t", i % 10), n, None);
     let got = sub.collect(n);
     let elapsed = got.last().unwrap().0 - start;
-    publisher.join().expect("the publisher");
+    let publisher_cpu = publisher.join().expect("the publisher");
+    let sub1 = sub.cpu_us();
     let (broker1, bench1) = (cpu_us(broker_pid(broker)), cpu_us(std::process::id()));
     Throughput {
         rate: n as f64 / elapsed.as_secs_f64(),
@@ -465,6 +519,10 @@ fn ceiling(broker: &Mosquitto, n: usize) -> Throughput {
         bench_cpu: (bench1 - bench0) / n as f64,
         threads: Vec::new(),
         switches: [f64::NAN; 2],
+        clients: Clients {
+            subscriber: (sub1 - sub0) / n as f64,
+            publisher: publisher_cpu / n as f64,
+        },
     }
 }
 
@@ -478,19 +536,21 @@ fn through_weir(broker: &Mosquitto, weir: &Weir, n: usize) -> Throughput {
         cpu_us(broker_pid(broker)),
         cpu_us(std::process::id()),
     );
-    let threads0 = thread_cpu_us(pid);
+    let threads0 = cpu_us_by_thread(pid);
     let switches0 = context_switches(pid);
+    let sub0 = sub.cpu_us();
     let start = Instant::now();
     let publisher = publish(broker, |i| format!("devices/d{}/t", i % 10), n, None);
     let got = sub.collect(expected);
     let elapsed = got.last().unwrap().0 - start;
-    publisher.join().expect("the publisher");
+    let publisher_cpu = publisher.join().expect("the publisher");
+    let sub1 = sub.cpu_us();
     let (weir1, broker1, bench1) = (
         cpu_us(pid),
         cpu_us(broker_pid(broker)),
         cpu_us(std::process::id()),
     );
-    let threads1 = thread_cpu_us(pid);
+    let threads1 = cpu_us_by_thread(pid);
     let switches1 = context_switches(pid);
     Throughput {
         rate: n as f64 / elapsed.as_secs_f64(),
@@ -499,6 +559,10 @@ fn through_weir(broker: &Mosquitto, weir: &Weir, n: usize) -> Throughput {
         bench_cpu: (bench1 - bench0) / n as f64,
         threads: thread_delta(&threads0, &threads1, n),
         switches: [0, 1].map(|i| (switches1[i] - switches0[i]) as f64 / n as f64),
+        clients: Clients {
+            subscriber: (sub1 - sub0) / n as f64,
+            publisher: publisher_cpu / n as f64,
+        },
     }
 }
 
