@@ -7,31 +7,36 @@
 //! (`ts`: nanoseconds since the epoch at publish), the same size throughout.
 //!
 //! Measured, in one run, for each broker setting (Mosquitto's default
-//! `max_inflight_messages` of 20, and a raised one):
+//! `max_inflight_messages` of 20, and a raised one), in rounds (five unless
+//! `WEIR_BENCH_ROUNDS` says otherwise) of N / rounds messages where the
+//! ceiling and weir take turns, so that a busy or quiet spell of the
+//! machine falls on both:
 //!
-//! - **ceiling**: N messages from one publisher (QoS 1) to one subscriber
-//!   (QoS 1) through the same broker, no weir: N / (first publish → last
-//!   message received);
-//! - **weir in-rate**: the same N messages published to weir: N / (first
-//!   publish → last passing message received by a subscriber of weir's
-//!   output). weir's messages take two broker hops (in and out), the
-//!   ceiling's one;
+//! - **ceiling**: messages from one publisher (QoS 1) to one subscriber
+//!   (QoS 1) through the same broker, no weir: messages / (first publish →
+//!   last message received); the median of the rounds;
+//! - **weir in-rate**: the same messages published to weir: messages /
+//!   (first publish → last passing message received by a subscriber of
+//!   weir's output), the median of the rounds. weir's messages take two
+//!   broker hops (in and out), the ceiling's one;
+//! - **ratio**: weir's rate over the ceiling's in each round (printed), and
+//!   their median (in the table);
 //! - **CPU µs/msg**: utime + stime of the weir process (`/proc/<pid>/stat`,
-//!   all threads) over that run, divided by N; the broker's and the bench's
+//!   all threads) over weir's rounds, divided by their messages; the broker's and the bench's
 //!   own (publisher + subscriber) alongside, since all share the machine;
 //! - **bench clients' CPU µs/msg**: the bench's subscriber thread
 //!   (`/proc/self/task/<tid>/stat`) and its publisher's two threads
-//!   (`CLOCK_THREAD_CPUTIME_ID`), divided by N. In the ceiling run the
+//!   (`CLOCK_THREAD_CPUTIME_ID`), per message. In the ceiling run the
 //!   subscriber is a bare rumqttc QoS 1 client that reads each message and
 //!   acknowledges it: what any MQTT client pays per message on this
 //!   machine, and the floor for weir's network side. weir's CPU per message
 //!   is printed as a multiple of it;
 //! - **context switches per message**: weir's voluntary (a thread went to
 //!   sleep waiting) and involuntary (preempted) switches over that run, all
-//!   threads (`/proc/<pid>/task/*/status`), divided by N: handing messages
+//!   threads (`/proc/<pid>/task/*/status`), per message: handing messages
 //!   between threads one by one shows here;
 //! - **RSS**: weir's `VmRSS` idle (subscribed, 1 s after start) and its
-//!   `VmHWM` (peak) after the throughput run (`/proc/<pid>/status`). The
+//!   `VmHWM` (peak) after its rounds (`/proc/<pid>/status`). The
 //!   first weir starts with an empty compile cache, the others with the
 //!   cache the first filled (a restart);
 //! - with the raised window, weir runs a second time with two I/O threads
@@ -57,6 +62,9 @@ use weir_test_support::mosquitto::MosquittoOptions;
 const DEFAULT_N: usize = 100_000;
 /// The raised `max_inflight_messages`.
 const RAISED_INFLIGHT: u16 = 1000;
+/// The ceiling and weir each run N / rounds messages, this many times in
+/// turn (`WEIR_BENCH_ROUNDS` sets another count).
+const DEFAULT_ROUNDS: usize = 5;
 const LATENCY_RATE: u64 = 2000;
 const LATENCY_SECONDS: u64 = 5;
 const WAIT: Duration = Duration::from_secs(120);
@@ -67,6 +75,11 @@ fn main() {
         .ok()
         .map(|v| v.parse::<usize>().expect("WEIR_BENCH_N is a number"))
         .unwrap_or(DEFAULT_N);
+    let rounds = std::env::var("WEIR_BENCH_ROUNDS")
+        .ok()
+        .map(|v| v.parse::<usize>().expect("WEIR_BENCH_ROUNDS is a number"))
+        .unwrap_or(DEFAULT_ROUNDS)
+        .max(1);
     let weir_bin = Path::new(env!("CARGO_BIN_EXE_weir"));
     assert!(
         weir_bin.is_file(),
@@ -95,9 +108,7 @@ fn main() {
             None => "20 (default)".to_owned(),
             Some(k) => k.to_string(),
         };
-        eprintln!("broker max_inflight_messages = {label}: ceiling…");
-        let ceiling = ceiling(&broker, n);
-        eprintln!("  {:.0} msg/s; weir…", ceiling.rate);
+        eprintln!("broker max_inflight_messages = {label}");
         // With the raised window, also with two I/O threads instead of
         // the default one, so the choice of default is measured in the
         // same run.
@@ -108,9 +119,20 @@ fn main() {
         for &io_threads in variants {
             let weir = Weir::start(weir_bin, &broker, cache.path(), io_threads);
             let idle_rss = weir.status_kb("VmRSS");
-            let run = through_weir(&broker, &weir, n);
+            // The ceiling and weir take turns, so that a spell when the
+            // machine is busy or quiet falls on both.
+            let (mut ceilings, mut runs) = (Vec::new(), Vec::new());
+            for round in 1..=rounds {
+                let c = ceiling(&broker, n / rounds);
+                let w = through_weir(&broker, &weir, n / rounds);
+                eprintln!(
+                    "  round {round}: ceiling {:.0} msg/s, weir {:.0} msg/s",
+                    c.rate, w.rate
+                );
+                ceilings.push(c);
+                runs.push(w);
+            }
             let peak_rss = weir.status_kb("VmHWM");
-            eprintln!("  {:.0} msg/s", run.rate);
             if inflight.is_none() {
                 eprintln!("latency at {LATENCY_RATE} msg/s for {LATENCY_SECONDS} s…");
                 let direct = paced(&broker, "lat/d1/t", "lat/+/t", |_| true);
@@ -123,8 +145,11 @@ fn main() {
                     None => label.clone(),
                     Some(t) => format!("{label}, {t} io"),
                 },
-                ceiling: ceiling.clone(),
-                weir: run,
+                ratios: (ceilings.iter().zip(&runs))
+                    .map(|(c, w)| w.rate / c.rate)
+                    .collect(),
+                ceiling: Throughput::combine(&ceilings),
+                weir: Throughput::combine(&runs),
                 idle_rss,
                 peak_rss,
             });
@@ -139,6 +164,8 @@ fn main() {
 
 struct Row {
     label: String,
+    /// weir's rate over the ceiling's, round by round.
+    ratios: Vec<f64>,
     ceiling: Throughput,
     weir: Throughput,
     idle_rss: u64,
@@ -168,6 +195,53 @@ struct Clients {
     publisher: f64,
 }
 
+impl Throughput {
+    /// Rounds of the same size as one: the median rate, and the mean of
+    /// each per-message figure (over equal rounds, total / total).
+    fn combine(rounds: &[Throughput]) -> Throughput {
+        let mean = |f: &dyn Fn(&Throughput) -> f64| {
+            rounds.iter().map(f).sum::<f64>() / rounds.len() as f64
+        };
+        let mut threads: Vec<(String, f64)> = Vec::new();
+        for (name, us) in rounds.iter().flat_map(|r| &r.threads) {
+            let share = us / rounds.len() as f64;
+            match threads.iter_mut().find(|(n, _)| n == name) {
+                Some((_, total)) => *total += share,
+                None => threads.push((name.clone(), share)),
+            }
+        }
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Throughput {
+            rate: median(rounds.iter().map(|r| r.rate).collect()),
+            weir_cpu: (rounds
+                .iter()
+                .map(|r| r.weir_cpu)
+                .collect::<Option<Vec<f64>>>())
+            .map(|cpu| cpu.iter().sum::<f64>() / cpu.len() as f64),
+            broker_cpu: mean(&|r| r.broker_cpu),
+            bench_cpu: mean(&|r| r.bench_cpu),
+            threads,
+            switches: [0, 1].map(|i| mean(&|r| r.switches[i])),
+            clients: Clients {
+                subscriber: mean(&|r| r.clients.subscriber),
+                publisher: mean(&|r| r.clients.publisher),
+            },
+        }
+    }
+}
+
+/// The median (of an odd count, the middle value; of an even one, the mean
+/// of the two middle values).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
 fn print_table(n: usize, rows: &[Row], latency: Option<&(Latency, Latency)>) {
     println!();
     println!("weir end-to-end, N = {n}, QoS 1, threshold → mqtt + null (2 cores shared by all)");
@@ -194,7 +268,7 @@ fn print_table(n: usize, rows: &[Row], latency: Option<&(Latency, Latency)>) {
             row.label,
             row.ceiling.rate,
             row.weir.rate,
-            row.weir.rate / row.ceiling.rate,
+            median(row.ratios.clone()),
             row.weir.weir_cpu.unwrap_or(f64::NAN),
             row.ceiling.broker_cpu,
             row.weir.broker_cpu,
@@ -214,6 +288,12 @@ fn print_table(n: usize, rows: &[Row], latency: Option<&(Latency, Latency)>) {
             "weir CPU µs/msg by thread ({}): {}",
             row.label,
             threads.join(", ")
+        );
+        let ratios: Vec<String> = row.ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "ratio by round ({}): {} (the table: their median)",
+            row.label,
+            ratios.join(", ")
         );
         let [voluntary, involuntary] = row.weir.switches;
         println!(
