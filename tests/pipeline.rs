@@ -689,6 +689,8 @@ to = ["out"]
 /// `--io-threads` sizes the network side's thread pool (the default is
 /// one thread; every other test here runs on it), and a QoS 1 pipeline
 /// with a file and an MQTT output delivers everything on several.
+/// `--io-linger` (default 50 µs, which every other test runs with) is
+/// taken, and `0s` turns it off: the run on three threads has it off.
 #[test]
 fn io_threads_sets_the_network_thread_count_and_the_pipeline_delivers_on_it() {
     let broker = Mosquitto::start();
@@ -725,12 +727,19 @@ to = ["out", "again"]
         threshold = weir_test_artifacts::THRESHOLD,
         out = toml_path(&out),
     );
-    let weir = run_with(dir.path(), &manifest, 1, &["--io-threads", "3"]);
+    let weir = run_with(
+        dir.path(),
+        &manifest,
+        1,
+        &["--io-threads", "3", "--io-linger", "0s"],
+    );
     // "Running." may come after "Subscribed.", which `run_with` waits for.
     weir.wait_for_log("Running.", 1);
     let running = weir.lines_with("Running.");
     assert!(
-        running.iter().any(|l| l.contains("io_threads=3")),
+        running
+            .iter()
+            .any(|l| l.contains("io_threads=3") && l.contains("io_linger=0ns")),
         "{running:?}"
     );
     let sub =
@@ -754,7 +763,9 @@ to = ["out", "again"]
     default.wait_for_log("Running.", 1);
     let running = default.lines_with("Running.");
     assert!(
-        running.iter().any(|l| l.contains("io_threads=1")),
+        running
+            .iter()
+            .any(|l| l.contains("io_threads=1") && l.contains("io_linger=50µs")),
         "{running:?}"
     );
     drop(default);
@@ -766,6 +777,13 @@ to = ["out", "again"]
     assert_eq!(refused.status.code(), Some(2));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("--io-threads"), "{err}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--io-linger", "soon", "weir.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--io-linger"), "{err}");
 }
 
 /// Writes a manifest with five different mistakes; `weir validate` reports

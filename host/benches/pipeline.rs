@@ -46,7 +46,8 @@
 //!   subscriber of weir's output − `ts`), and the same for the broker alone.
 //!
 //! `WEIR_BENCH_N` sets N (default 100 000); `WEIR_BENCH_LINGER` sets the
-//! rule's `linger` (unset: the manifest's default). Runs the `weir` binary
+//! rule's `linger` and `WEIR_BENCH_IO_LINGER` weir's `--io-linger` (unset:
+//! the defaults). Runs the `weir` binary
 //! cargo builds for benches (`CARGO_BIN_EXE_weir`, the release profile).
 
 use std::path::Path;
@@ -749,6 +750,11 @@ to = ["out", "discard"]
                     .map(|t| ["--io-threads", t])
                     .into_iter()
                     .flatten(),
+            )
+            .args(
+                std::env::var("WEIR_BENCH_IO_LINGER")
+                    .map(|l| vec!["--io-linger".to_owned(), l])
+                    .unwrap_or_default(),
             )
             .arg(&path)
             .stdin(Stdio::null())

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
-use super::run::{IO_THREADS, Running, runtime};
+use super::run::{IO_LINGER, IO_THREADS, Running, runtime};
 use crate::engine::{Runtime, RuntimeOptions};
 
 /// Arguments of `weir demo`.
@@ -55,7 +55,7 @@ pub(super) fn run(args: DemoArgs, options: RuntimeOptions) -> anyhow::Result<Exi
     let manifest = dir.path().join("weir.toml");
     std::fs::write(&manifest, manifest_text(&plugins, port))?;
 
-    runtime(IO_THREADS.into())?.block_on(async move {
+    runtime(IO_THREADS.into(), IO_LINGER)?.block_on(async move {
         let runtime = Runtime::new(options)?;
         let config = crate::config::load(&manifest, &runtime, crate::config::Compile::Now)
             .map_err(|d| anyhow::anyhow!("the demo manifest is invalid:\n{d}"))?;
