@@ -49,11 +49,12 @@ pub struct RunArgs {
     /// Raise it when sinks spend much CPU encoding large batches.
     #[arg(long, value_name = "N", default_value_t = IO_THREADS, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub io_threads: u16,
-    /// While messages come faster than one per twice this, a network
-    /// thread waits this long before it goes idle, then wakes once for
-    /// what arrived meanwhile instead of once per message: fewer system
-    /// calls and wake-ups per message, at most this much added latency.
-    /// `0s` turns it off.
+    /// A network thread that keeps being woken within twice this of going
+    /// idle (a steady stream of messages) waits this long before it goes
+    /// idle again, then takes what arrived meanwhile in one wake-up instead
+    /// of one per message: fewer system calls and wake-ups per message, and
+    /// at most this much longer for a message to be read. `0s` turns it
+    /// off.
     #[arg(long, value_name = "DURATION", default_value = "50us", value_parser = humantime::parse_duration)]
     pub io_linger: Duration,
 }
@@ -139,9 +140,9 @@ pub(super) fn run(args: RunArgs, options: RuntimeOptions) -> anyhow::Result<Exit
 /// runs on 2 cores (README, Performance).
 pub(super) const IO_THREADS: u16 = 1;
 
-/// Default `--io-linger`. In the pipeline bench (four runs alternating
-/// with `0s`) it took the network thread from 14.2 – 20.0 to 11.0 – 12.2 µs
-/// of CPU per message, with p50 latency at 2 000 msg/s unchanged
+/// Default `--io-linger`. In the pipeline bench (eight runs alternating
+/// with `0s`) it took the network thread from 14.2 – 20.0 to 11.0 – 13.8
+/// µs of CPU per message, with p50 latency at 2 000 msg/s unchanged
 /// (README, Performance).
 pub(super) const IO_LINGER: Duration = Duration::from_micros(50);
 
