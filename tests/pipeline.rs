@@ -770,20 +770,15 @@ to = ["out", "again"]
     );
     drop(default);
 
-    let refused = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--io-threads", "0", "weir.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(refused.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("--io-threads"), "{err}");
-    let refused = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--io-linger", "soon", "weir.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(refused.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("--io-linger"), "{err}");
+    for (flag, value) in [("--io-threads", "0"), ("--io-linger", "soon")] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", flag, value, "weir.toml"])
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains(flag), "{err}");
+    }
 }
 
 /// Writes a manifest with five different mistakes; `weir validate` reports

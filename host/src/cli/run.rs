@@ -328,34 +328,28 @@ mod tests {
     const LINGER: Duration = Duration::from_micros(50);
 
     #[test]
-    fn a_thread_woken_soon_after_going_idle_lingers_before_the_next_idle_spell() {
-        let t0 = Instant::now();
+    fn a_thread_lingers_while_it_is_woken_within_twice_the_linger_of_going_idle() {
         let mut l = IoLinger::default();
         assert_eq!(l.wait(LINGER), None, "a new thread goes idle at once");
-        l.parked(t0);
-        l.unparked(t0 + Duration::from_micros(60), LINGER);
-        assert_eq!(l.wait(LINGER), Some(LINGER));
-        // Still busy: the next wake-up comes as soon.
-        let t1 = t0 + Duration::from_micros(200);
-        l.parked(t1);
-        l.unparked(t1 + Duration::from_micros(99), LINGER);
-        assert_eq!(l.wait(LINGER), Some(LINGER));
-    }
-
-    #[test]
-    fn a_thread_idle_for_longer_goes_idle_at_once() {
-        let t0 = Instant::now();
-        let mut l = IoLinger::default();
-        l.parked(t0);
-        l.unparked(t0 + Duration::from_micros(60), LINGER);
-        assert_eq!(l.wait(LINGER), Some(LINGER));
-        // Messages 500 µs apart (2 000 msg/s): no lingering.
-        let t1 = t0 + Duration::from_millis(1);
-        l.parked(t1);
-        l.unparked(t1 + Duration::from_micros(500), LINGER);
-        assert_eq!(l.wait(LINGER), None);
-        l.parked(t1);
-        l.unparked(t1 + Duration::from_micros(1), LINGER);
+        let mut at = Instant::now();
+        // (idle spell, then how long the thread waits before the next one)
+        for (idle_us, lingers) in [
+            (60, true),
+            (99, true),
+            (500, false), // 2 000 msg/s: messages far enough apart
+            (100, false), // exactly twice the linger is not busy
+            (1, true),
+            (10_000, false),
+        ] {
+            l.parked(at);
+            at += Duration::from_micros(idle_us);
+            l.unparked(at, LINGER);
+            let expected = lingers.then_some(LINGER);
+            assert_eq!(l.wait(LINGER), expected, "after {idle_us} µs idle");
+            at += Duration::from_micros(20);
+        }
+        l.parked(at);
+        l.unparked(at + Duration::from_micros(1), LINGER);
         assert_eq!(l.wait(Duration::ZERO), None, "a zero linger never waits");
     }
 
