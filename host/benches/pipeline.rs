@@ -22,8 +22,9 @@
 //! - **ratio**: weir's rate over the ceiling's in each round (printed), and
 //!   their median (in the table);
 //! - **CPU µs/msg**: utime + stime of the weir process (`/proc/<pid>/stat`,
-//!   all threads) over weir's rounds, divided by their messages; the broker's and the bench's
-//!   own (publisher + subscriber) alongside, since all share the machine;
+//!   all threads) over weir's rounds, divided by their messages; the
+//!   broker's and the bench's own (publisher + subscriber) alongside, since
+//!   all share the machine;
 //! - **bench clients' CPU µs/msg**: the bench's subscriber thread
 //!   (`/proc/self/task/<tid>/stat`) and its publisher's two threads
 //!   (`CLOCK_THREAD_CPUTIME_ID`), per message. In the ceiling run the
@@ -47,8 +48,8 @@
 //!
 //! `WEIR_BENCH_N` sets N (default 100 000); `WEIR_BENCH_LINGER` sets the
 //! rule's `linger` and `WEIR_BENCH_IO_LINGER` weir's `--io-linger` (unset:
-//! the defaults). Runs the `weir` binary
-//! cargo builds for benches (`CARGO_BIN_EXE_weir`, the release profile).
+//! the defaults). Runs the `weir` binary cargo builds for benches
+//! (`CARGO_BIN_EXE_weir`, the release profile).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
