@@ -174,7 +174,6 @@ struct Row {
     peak_rss: u64,
 }
 
-#[derive(Clone)]
 struct Throughput {
     rate: f64,
     /// CPU µs per message: weir (None for the ceiling), broker, bench.

@@ -64,6 +64,7 @@ const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
 /// (`(w - n * ONES) & !w & HIGHS`, with `n` 1 for a byte equal to zero) may
 /// also flag a byte after a true hit, never one before it, so the lowest
 /// flag is the first byte that ends the run.
+///
 /// Byte at a time, each turn of the loop in wasm also checks the deadline,
 /// and inside [`Scanner::value`] Cranelift kept the loop's values in stack
 /// slots: ~20 instructions a byte.
