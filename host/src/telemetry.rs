@@ -120,8 +120,8 @@ pub fn source_dropped(reason: &'static str) {
 }
 
 /// Logs and counts a source error.
-pub fn source_error(kind: &'static str, message: &'static str) {
-    tracing::error!(kind, "{message}");
+pub fn source_error(kind: &'static str, error: &str, message: &'static str) {
+    tracing::error!(kind, error, "{message}");
     counter!(SOURCE_ERRORS, "kind" => kind).increment(1);
 }
 

@@ -4,11 +4,24 @@
 //!
 //! rumqttc has a module per protocol with its own packet types; what the
 //! source needs of either is five things: poll the event loop, subscribe,
-//! acknowledge a publish, disconnect, and the publish's topic, payload and
+//! acknowledge publishes, disconnect, and the publish's topic, payload and
 //! QoS. [`Client`] is exactly that.
+//!
+//! **Acknowledgements in one write.** rumqttc's client hands each request
+//! to the event loop through a channel, and the event loop writes and
+//! flushes each one by itself: one `writev` system call and one turn of the
+//! event loop per PUBACK, which made acknowledging the largest single cost
+//! of a message on the network thread. The 3.1.1 event loop exposes its
+//! connection state and its framed connection, and the source's task owns
+//! the event loop, so [`V4`] writes the PUBACKs that are ready between two
+//! polls straight into the connection's buffer, through the state machine
+//! exactly as rumqttc's own request path does, and flushes them once. The
+//! MQTT 5 event loop keeps its connection private; [`V5`] queues each
+//! acknowledgement through the client.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -71,8 +84,14 @@ pub(super) trait Client: Send + 'static {
     fn try_subscribe(&self, filter: &str, qos: u8) -> Result<(), String>;
     /// Queues an UNSUBSCRIBE without waiting.
     fn try_unsubscribe(&self, filter: &str) -> Result<(), String>;
-    /// Queues a PUBACK without waiting.
-    fn try_ack(&self, ack: &Self::Ack) -> Result<(), String>;
+    /// Sends the acknowledgements of `acks`, in order. Between connections
+    /// there is nothing to acknowledge on (packet ids are per connection)
+    /// and nothing is sent. An error means the connection failed; the next
+    /// [`poll`](Client::poll) reports it.
+    fn send_acks(
+        &mut self,
+        acks: impl Iterator<Item = Self::Ack> + Send,
+    ) -> impl Future<Output = Result<(), String>> + Send;
     /// Queues a DISCONNECT without waiting.
     fn try_disconnect(&self);
 }
@@ -221,8 +240,47 @@ impl Client for V4 {
             .map_err(|e| e.to_string())
     }
 
-    fn try_ack(&self, ack: &Self::Ack) -> Result<(), String> {
-        self.client.try_ack(ack).map_err(|e| e.to_string())
+    async fn send_acks(
+        &mut self,
+        acks: impl Iterator<Item = Self::Ack> + Send,
+    ) -> Result<(), String> {
+        use rumqttc::{Event, Outgoing, PubAck, PubRec, QoS, Request};
+        let eventloop = &mut self.eventloop;
+        let Some(network) = eventloop.network.as_mut() else {
+            return Ok(());
+        };
+        let mut written = false;
+        for publish in acks {
+            let request = match publish.qos {
+                QoS::AtMostOnce => continue,
+                QoS::AtLeastOnce => Request::PubAck(PubAck::new(publish.pkid)),
+                QoS::ExactlyOnce => Request::PubRec(PubRec::new(publish.pkid)),
+            };
+            let packet = eventloop
+                .state
+                .handle_outgoing_packet(request)
+                .map_err(|e| e.to_string())?;
+            if let Some(packet) = packet {
+                network.write(packet).await.map_err(|e| e.to_string())?;
+                written = true;
+            }
+        }
+        // The state machine reports each acknowledgement as an outgoing
+        // event for `poll` to return; nobody reads those.
+        eventloop.state.events.retain(|e| {
+            !matches!(
+                e,
+                Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))
+            )
+        });
+        if written {
+            let timeout = Duration::from_secs(eventloop.network_options.connection_timeout());
+            match tokio::time::timeout(timeout, network.flush()).await {
+                Ok(flushed) => flushed.map_err(|e| e.to_string())?,
+                Err(_) => return Err(format!("no acknowledgement went out within {timeout:?}")),
+            }
+        }
+        Ok(())
     }
 
     fn try_disconnect(&self) {
@@ -292,8 +350,18 @@ impl Client for V5 {
             .map_err(|e| e.to_string())
     }
 
-    fn try_ack(&self, ack: &Self::Ack) -> Result<(), String> {
-        self.client.try_ack(ack).map_err(|e| e.to_string())
+    async fn send_acks(
+        &mut self,
+        acks: impl Iterator<Item = Self::Ack> + Send,
+    ) -> Result<(), String> {
+        // A full request queue refuses one acknowledgement, not the rest.
+        let mut refused = None;
+        for publish in acks {
+            if let Err(e) = self.client.try_ack(&publish) {
+                refused = Some(e.to_string());
+            }
+        }
+        refused.map_or(Ok(()), Err)
     }
 
     fn try_disconnect(&self) {

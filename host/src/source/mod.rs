@@ -56,9 +56,9 @@ pub use self::client::{RECEIVE_MAXIMUM, mqtt_options};
 /// Messages the source hands to the router before it has to hold them.
 pub const HANDOFF_CAPACITY: usize = 4096;
 
-/// Requests the client may queue for the event loop (acks, subscribes).
-/// Acks are sent with `try_ack`, so this must exceed the broker's in-flight
-/// window; a full queue is retried on the next turn, never blocked on.
+/// Requests the client may queue for the event loop (subscribes, and the
+/// acknowledgements of an MQTT 5 connection). Acks are queued without
+/// waiting, so this must exceed the broker's in-flight window.
 const REQUEST_CAPACITY: usize = 65_536;
 
 /// One subscription.
@@ -274,9 +274,9 @@ async fn run<C: Client>(
                     acks.complete(seq, outcome);
                 }
             }
-            while let Some(publish) = acks.next_ready() {
-                let _ = client.try_ack(&publish);
-            }
+            let _ = client
+                .send_acks(std::iter::from_fn(|| acks.next_ready()))
+                .await;
             client.try_disconnect();
             // Let the acknowledgements and the disconnect go out; bounded,
             // the broker may be gone.
@@ -292,14 +292,18 @@ async fn run<C: Client>(
         // here only wakes an idle loop.
         tokio::select! {
             biased;
-            Some((conn, seq, outcome)) = done_rx.recv() => {
-                if conn == connection {
-                    acks.complete(seq, outcome);
-                    while let Some(publish) = acks.next_ready() {
-                        if client.try_ack(&publish).is_err() {
-                            telemetry::source_error("ack_queue_full", "Cannot queue an acknowledgement; the broker will redeliver.");
-                        }
+            Some(done) = done_rx.recv() => {
+                // Take every completion there is, and send what they made
+                // ready in one write.
+                let mut next = Some(done);
+                while let Some((conn, seq, outcome)) = next {
+                    if conn == connection {
+                        acks.complete(seq, outcome);
                     }
+                    next = done_rx.try_recv().ok();
+                }
+                if let Err(e) = client.send_acks(std::iter::from_fn(|| acks.next_ready())).await {
+                    telemetry::source_error("ack_not_sent", &e, "Cannot send acknowledgements; the broker will redeliver those messages.");
                 }
             }
             event = client.poll() => match event {
