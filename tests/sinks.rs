@@ -255,6 +255,94 @@ async fn the_mqtt_sink_publishes_on_the_rendered_topic() {
     running.shutdown().await;
 }
 
+/// More publishes than the sink's in-flight window (100) at once: they go
+/// out in window-sized turns as PUBACKs free room, all of them, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_sink_sends_more_than_its_window_in_order() {
+    const N: usize = 1000;
+    let mosquitto = Mosquitto::start();
+    let subscriber = Subscriber::connect(&mosquitto.url(), &["many/#"], 1).await;
+    let driver = DriverConfig {
+        batch_size: 500,
+        inflight_window: 2,
+        ..driver()
+    };
+    let running = start(
+        "many",
+        mqtt_kind(mosquitto.port(), "many/${device}", None, 1),
+        driver,
+    );
+    let mut outcomes = Vec::new();
+    for i in 0..N {
+        let (ack, outcome) = tracked(|| {});
+        let input = SinkInput {
+            message: message("in", &format!("m{i}"), "d"),
+            ack,
+        };
+        running.handle.send(input).await.unwrap();
+        outcomes.push(outcome);
+    }
+    assert_eq!(all_done(&outcomes).await, [Some(AckOutcome::Accepted); N]);
+    let payloads: Vec<String> = subscriber
+        .collect(N, WAIT)
+        .await
+        .iter()
+        .map(|r| r.payload_str())
+        .collect();
+    assert_eq!(
+        payloads,
+        (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    running.shutdown().await;
+}
+
+/// QoS 0 with `retain`: each publish is accepted once written, and the
+/// broker keeps the last one per topic for subscribers that come later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_retained_publish_is_kept_by_the_broker() {
+    let mosquitto = Mosquitto::start();
+    let running = start(
+        "state",
+        SinkKind::Mqtt {
+            topic: Template::parse("state/${device}").unwrap(),
+            payload: None,
+            qos: 0,
+            retain: true,
+            broker: Some(broker(mosquitto.port(), "weir-sink-retain")),
+        },
+        driver(),
+    );
+    let mut outcomes = Vec::new();
+    for (device, payload) in [("d1", "old"), ("d2", "only"), ("d1", "new")] {
+        let (ack, outcome) = tracked(|| {});
+        let input = SinkInput {
+            message: message("in", payload, device),
+            ack,
+        };
+        running.handle.send(input).await.unwrap();
+        outcomes.push(outcome);
+    }
+    assert_eq!(all_done(&outcomes).await, [Some(AckOutcome::Accepted); 3]);
+    running.shutdown().await;
+
+    // Subscribed after the fact: only retained messages can arrive.
+    let subscriber = Subscriber::connect(&mosquitto.url(), &["state/#"], 1).await;
+    let mut got: Vec<(String, String, u8, bool)> = subscriber
+        .collect(2, WAIT)
+        .await
+        .iter()
+        .map(|r| (r.topic.clone(), r.payload_str(), r.qos, r.retain))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("state/d1".into(), "new".into(), 0, true),
+            ("state/d2".into(), "only".into(), 0, true),
+        ]
+    );
+}
+
 /// A TCP proxy that can hold back what the broker sends (PUBACKs) while
 /// still passing on what the client sends.
 struct HoldingProxy {

@@ -33,9 +33,9 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     /// How messages become publishes.
     pub encoder: Encoder,
-    /// Requests rumqttc's channel holds: enough for every write the driver
-    /// may have in flight.
-    pub channel_capacity: usize,
+    /// Publishes that may wait to be sent: enough for every write the
+    /// driver may have in flight.
+    pub send_capacity: usize,
 }
 
 impl MqttSettings {
@@ -79,7 +79,7 @@ impl MqttSettings {
                 retain,
                 driver.undefined_vars_as_null,
             ),
-            channel_capacity: driver
+            send_capacity: driver
                 .batch_size
                 .saturating_mul(driver.inflight_window)
                 .clamp(16, 1 << 20),

@@ -29,14 +29,15 @@
 //!
 //! rumqttc 0.25 has no per-publish completion future (it is unreleased
 //! upstream, bytebeamio/rumqtt#805), so the sink follows the event loop:
-//! publishes enter rumqttc's request channel in the order they are queued
-//! here, the event loop reports `Outgoing::Publish(pkid)` in that same order
-//! as each goes out, and `Incoming::PubAck(pkid)` when the broker has it.
+//! the event-loop task hands the queued publishes to rumqttc's state
+//! machine in the order they were queued, as many as the in-flight window
+//! (100) has room for, and sends them with one write; the state machine
+//! reports `Outgoing::Publish(pkid)` in that same order, and
+//! `Incoming::PubAck(pkid)` when the broker has each.
 //! A QoS 1 message is written only once its PUBACK arrived; QoS 0 once it
 //! was flushed to the socket. When the connection drops, everything not yet
-//! acknowledged fails as retryable, including publishes rumqttc was still
-//! holding (it discards them when it starts a clean session), and the
-//! driver retries them: a broker that is down means retries and a full
+//! acknowledged fails as retryable, including publishes not yet sent, and
+//! the driver retries them: a broker that is down means retries and a full
 //! buffer, never a lost message.
 
 mod config;

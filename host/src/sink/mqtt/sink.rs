@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Request};
-use tokio::sync::oneshot;
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, Request};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::config::MqttSettings;
@@ -29,7 +29,6 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Republishes messages over its own MQTT connection.
 pub struct MqttSink {
-    client: AsyncClient,
     encoder: Encoder,
     tracker: Arc<Tracker>,
     address: String,
@@ -64,19 +63,23 @@ impl MqttSink {
     pub fn connect(name: &str, settings: MqttSettings) -> anyhow::Result<MqttSink> {
         let (host, port) = settings.options.broker_address();
         let address = format!("{host}:{port}");
-        let (client, eventloop) = AsyncClient::new(settings.options, settings.channel_capacity);
-        let tracker = Arc::new(Tracker::default());
+        // The client only carries the DISCONNECT; publishes go through the
+        // tracker (see `send_waiting`).
+        let (client, eventloop) = AsyncClient::new(settings.options, 1);
+        let tracker = Arc::new(Tracker {
+            capacity: settings.send_capacity,
+            ..Tracker::default()
+        });
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(drive(
             eventloop,
-            client.clone(),
+            client,
             tracker.clone(),
             SinkMetrics::new(name),
             (settings.reconnect_min, settings.reconnect_max),
             stop_rx,
         ));
         Ok(MqttSink {
-            client,
             encoder: settings.encoder,
             tracker,
             address,
@@ -101,30 +104,34 @@ impl Sink for MqttSink {
         let mut failures = Vec::new();
         let mut waits = Vec::with_capacity(request.len());
         {
-            // Queue and hand over under one lock, so that the queue's order
-            // is the request channel's order.
+            // A publish and what completes it enter the tracker together,
+            // under one lock, so that the two queues stay in step.
             let mut state = self.tracker.lock();
             for p in request {
-                let (done, wait) = oneshot::channel();
-                let sent = self.client.try_publish(
-                    p.topic.as_str(),
-                    self.encoder.qos,
-                    self.encoder.retain,
-                    p.payload.to_vec(),
-                );
-                match sent {
-                    Ok(()) => {
-                        state.queued.push_back(done);
-                        waits.push((p.index, wait));
-                    }
-                    Err(e) => failures.push(MessageFailure {
+                if state.waiting.len() >= self.tracker.capacity {
+                    failures.push(MessageFailure {
                         index: p.index,
                         class: ErrorClass::Retryable,
-                        reason: format!("the client's request queue refused it: {e}"),
-                    }),
+                        reason: format!(
+                            "the sink's send queue is full ({} publishes)",
+                            self.tracker.capacity
+                        ),
+                    });
+                    continue;
                 }
+                let (done, wait) = oneshot::channel();
+                let mut publish = rumqttc::Publish::from_bytes(
+                    p.topic.as_str(),
+                    self.encoder.qos,
+                    p.payload.clone(),
+                );
+                publish.retain = self.encoder.retain;
+                state.waiting.push_back(publish);
+                state.queued.push_back(done);
+                waits.push((p.index, wait));
             }
         }
+        self.tracker.wake.notify_one();
         let deadline = Instant::now() + WRITE_TIMEOUT;
         for (index, wait) in waits {
             let reason = match tokio::time::timeout_at(deadline, wait).await {
@@ -196,6 +203,10 @@ type Done = oneshot::Sender<Result<(), String>>;
 struct Tracker {
     state: Mutex<TrackState>,
     connected: AtomicBool,
+    /// Wakes the event-loop task when publishes are waiting.
+    wake: Notify,
+    /// Most publishes that may wait to be sent.
+    capacity: usize,
 }
 
 impl Tracker {
@@ -204,11 +215,13 @@ impl Tracker {
     }
 }
 
-/// Publishes between "handed to rumqttc" and "done".
+/// Publishes between "queued by a write" and "done".
 #[derive(Default)]
 struct TrackState {
-    /// Handed to rumqttc's request channel, in channel order, not yet seen
-    /// going out.
+    /// Publishes not yet handed to the event loop, in order.
+    waiting: VecDeque<rumqttc::Publish>,
+    /// What completes each publish not yet seen going out, in the order
+    /// they were queued (the `waiting` ones are its tail).
     queued: VecDeque<Done>,
     /// QoS 1 publishes on the wire, by packet id, waiting for their PUBACK.
     unacked: HashMap<u16, Done>,
@@ -254,14 +267,13 @@ impl TrackState {
         }
     }
 
-    /// The connection is gone: fails what was on it, and the first
-    /// `discarded` queued publishes, which rumqttc took out of its channel
-    /// and will discard.
-    fn on_connection_lost(&mut self, discarded: usize, reason: &str) {
-        let n = discarded.min(self.queued.len());
+    /// The connection is gone: fails every publish not acknowledged, sent
+    /// or not (the driver retries them on the next connection).
+    fn on_connection_lost(&mut self, reason: &str) {
+        self.waiting.clear();
         let failed = self
             .queued
-            .drain(..n)
+            .drain(..)
             .chain(self.unacked.drain().map(|(_, done)| done))
             .chain(self.collided.take().map(|(_, done)| done));
         for done in failed {
@@ -270,8 +282,79 @@ impl TrackState {
     }
 }
 
+/// Hands the waiting publishes to the event loop, as many as its in-flight
+/// window has room for, and sends them with one flush.
+///
+/// rumqttc's own path for a publish (`AsyncClient::publish`) queues it for
+/// the event loop, which writes and flushes each request by itself: one
+/// `writev` system call and one event-loop turn per publish. This task owns
+/// the event loop, and the 3.1.1 event loop exposes its state machine and
+/// its framed connection, so the publishes take the same steps here
+/// (`handle_outgoing_packet` assigns the packet id, records the publish as
+/// in flight and queues the `Outgoing::Publish` event the tracker follows)
+/// and share one write. The window is rumqttc's own rule: no new publish
+/// while its in-flight count is at the maximum or a packet id collided.
+///
+/// An error means the connection failed; the caller cleans up as for a
+/// failed poll.
+async fn send_waiting(
+    eventloop: &mut EventLoop,
+    tracker: &Tracker,
+    batch: &mut Vec<rumqttc::Publish>,
+) -> Result<(), String> {
+    if eventloop.state.collision.is_some() {
+        return Ok(());
+    }
+    let Some(network) = eventloop.network.as_mut() else {
+        return Ok(());
+    };
+    let mut room = eventloop
+        .mqtt_options
+        .inflight()
+        .saturating_sub(eventloop.state.inflight());
+    {
+        let mut state = tracker.lock();
+        while let Some(front) = state.waiting.front() {
+            if front.qos != QoS::AtMostOnce {
+                if room == 0 {
+                    break;
+                }
+                room -= 1;
+            }
+            batch.extend(state.waiting.pop_front());
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut publishes = batch.drain(..);
+    while let Some(publish) = publishes.next() {
+        let packet = eventloop
+            .state
+            .handle_outgoing_packet(Request::Publish(publish))
+            .map_err(|e| e.to_string())?;
+        match packet {
+            Some(packet) => network.write(packet).await.map_err(|e| e.to_string())?,
+            None => {
+                // Its packet id collided: rumqttc holds it until that id is
+                // acknowledged, and the rest wait their turn.
+                let mut state = tracker.lock();
+                for publish in publishes.rev() {
+                    state.waiting.push_front(publish);
+                }
+                break;
+            }
+        }
+    }
+    let timeout = Duration::from_secs(eventloop.network_options.connection_timeout());
+    match tokio::time::timeout(timeout, network.flush()).await {
+        Ok(flushed) => flushed.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("the publishes did not go out within {timeout:?}")),
+    }
+}
+
 /// The event-loop task: polls rumqttc (never waiting on anything else),
-/// reports to the tracker, reconnects with backoff.
+/// sends waiting publishes, reports to the tracker, reconnects with backoff.
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -282,10 +365,24 @@ async fn drive(
 ) {
     let mut delay = reconnect_min;
     let mut failing = false;
+    let mut batch = Vec::new();
     loop {
-        let event = tokio::select! {
-            event = eventloop.poll() => event,
-            _ = &mut stop => break,
+        let sent = if tracker.connected.load(Ordering::Acquire) {
+            send_waiting(&mut eventloop, &tracker, &mut batch).await
+        } else {
+            Ok(())
+        };
+        let event = match sent {
+            Ok(()) => tokio::select! {
+                event = eventloop.poll() => event.map_err(|e| e.to_string()),
+                _ = tracker.wake.notified() => continue,
+                _ = &mut stop => break,
+            },
+            Err(error) => {
+                // What rumqttc does when its own write fails.
+                eventloop.clean();
+                Err(error)
+            }
         };
         match event {
             Ok(event) => {
@@ -297,9 +394,8 @@ async fn drive(
                 }
                 tracker.lock().on_event(&event);
             }
-            Err(error) => {
+            Err(reason) => {
                 tracker.connected.store(false, Ordering::Release);
-                let reason = error.to_string();
                 {
                     let mut state = tracker.lock();
                     // Events rumqttc queued before failing still tell what
@@ -307,21 +403,14 @@ async fn drive(
                     for event in eventloop.state.events.drain(..) {
                         state.on_event(&event);
                     }
-                    // On a failure rumqttc moves unacknowledged publishes and
-                    // the whole request channel into `pending`, which it
-                    // clears on the next clean-session connect. Fresh
-                    // publishes (packet id 0) there are the front of our
-                    // queue; the rest are already in `unacked`.
-                    let discarded = eventloop
-                        .pending
-                        .iter()
-                        .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
-                        .count();
+                    // On a failure rumqttc moves unacknowledged publishes
+                    // into `pending`, to send again on a resumed session;
+                    // they fail here instead, and the driver retries them.
                     eventloop.pending.clear();
                     // rumqttc keeps a collided publish across reconnects and
                     // would stop sending; it was failed with the rest.
                     eventloop.state.collision = None;
-                    state.on_connection_lost(discarded, &reason);
+                    state.on_connection_lost(&reason);
                 }
                 metrics.connection_failed(&reason, !failing);
                 failing = true;
@@ -345,9 +434,7 @@ async fn drive(
         })
         .await;
     }
-    tracker
-        .lock()
-        .on_connection_lost(usize::MAX, "the sink is closing");
+    tracker.lock().on_connection_lost("the sink is closing");
 }
 
 #[cfg(test)]
@@ -430,21 +517,28 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_connection_fails_what_was_on_it_and_what_rumqttc_discarded_only() {
+    fn a_lost_connection_fails_every_publish_not_acknowledged_sent_or_not() {
         let mut state = TrackState::default();
         let mut waits = queue(&mut state, 4);
-        state.on_event(&out(1)); // on the wire, unacknowledged
-        // Publishes 2 and 3 were in rumqttc's channel when it failed (it
-        // discards them); publish 4 was queued after, and will go out on
-        // the next connection.
-        state.on_connection_lost(2, "reset");
-        for w in &mut waits[..3] {
+        state
+            .waiting
+            .push_back(rumqttc::Publish::new("t", QoS::AtLeastOnce, "4"));
+        state.on_event(&out(1));
+        state.on_event(&puback(1)); // done before the loss
+        state.on_event(&out(2)); // on the wire, unacknowledged
+        state.on_event(&out(3)); // likewise
+        // Publish 4 never went out.
+        state.on_connection_lost("reset");
+        assert_eq!(outcome(&mut waits[0]), Some(Ok(())));
+        for w in &mut waits[1..] {
             assert!(matches!(outcome(w), Some(Err(r)) if r.contains("reset")));
         }
-        assert_eq!(outcome(&mut waits[3]), None);
-        state.on_event(&out(5));
-        state.on_event(&puback(5));
-        assert_eq!(outcome(&mut waits[3]), Some(Ok(())));
+        assert!(state.waiting.is_empty(), "nothing is sent after the loss");
+        // What is queued after the loss goes out on the next connection.
+        let mut next = queue(&mut state, 1);
+        state.on_event(&out(1));
+        state.on_event(&puback(1));
+        assert_eq!(outcome(&mut next[0]), Some(Ok(())));
     }
 
     #[test]
@@ -452,7 +546,7 @@ mod tests {
         let mut state = TrackState::default();
         let mut waits = queue(&mut state, 1);
         state.on_event(&out(3));
-        state.on_connection_lost(0, "reset");
+        state.on_connection_lost("reset");
         assert!(matches!(outcome(&mut waits[0]), Some(Err(_))));
         state.on_event(&puback(3));
         assert!(state.unacked.is_empty());
