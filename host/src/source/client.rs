@@ -10,8 +10,7 @@
 //! **Acknowledgements in one write.** rumqttc's client hands each request
 //! to the event loop through a channel, and the event loop writes and
 //! flushes each one by itself: one `writev` system call and one turn of the
-//! event loop per PUBACK, which made acknowledging the largest single cost
-//! of a message on the network thread. The 3.1.1 event loop exposes its
+//! event loop per PUBACK. The 3.1.1 event loop exposes its
 //! connection state and its framed connection, and the source's task owns
 //! the event loop, so [`V4`] writes the PUBACKs that are ready between two
 //! polls straight into the connection's buffer, through the state machine
@@ -86,8 +85,9 @@ pub(super) trait Client: Send + 'static {
     fn try_unsubscribe(&self, filter: &str) -> Result<(), String>;
     /// Sends the acknowledgements of `acks`, in order. Between connections
     /// there is nothing to acknowledge on (packet ids are per connection)
-    /// and nothing is sent. An error means the connection failed; the next
-    /// [`poll`](Client::poll) reports it.
+    /// and nothing is sent. An error says why some did not go out: the
+    /// connection failed (the next [`poll`](Client::poll) reports it) or,
+    /// over MQTT 5, the client's request queue was full.
     fn send_acks(
         &mut self,
         acks: impl Iterator<Item = Self::Ack> + Send,
