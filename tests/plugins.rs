@@ -252,6 +252,50 @@ mod isolation {
         assert_eq!(payloads(&next.outputs), ["after"]);
     }
 
+    /// An idle runtime stops its epoch ticker (no wake-ups while nothing
+    /// runs); the next call must wake it, or a loop would never be
+    /// interrupted.
+    #[test]
+    fn an_infinite_loop_after_an_idle_spell_is_still_interrupted() {
+        let rt = runtime();
+        let mut chaos = rt
+            .load(Path::new(guests::CHAOS))
+            .unwrap()
+            .instantiate(
+                "chaos",
+                &Default::default(),
+                Limits {
+                    batch_deadline: Duration::from_millis(100),
+                    ..Limits::default()
+                },
+            )
+            .unwrap();
+        let started = Instant::now();
+        while !rt.epoch_ticker_parked() {
+            assert!(
+                started.elapsed() < weir::engine::PARK_AFTER * 20,
+                "the ticker never parked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        // On another thread, so that a ticker that stays asleep fails the
+        // test instead of hanging it.
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let spun = chaos.process(&[text("t", "spin")]);
+            let after = chaos.process(&[text("t", "after")]);
+            done.send((spun, after)).unwrap();
+        });
+        let (spun, after) = outcome
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the loop was not interrupted: the parked ticker did not wake");
+        assert_eq!(spun.failures.len(), 1);
+        assert_eq!(spun.failures[0].kind, FailureKind::Deadline);
+        assert_eq!(payloads(&after.outputs), ["after"]);
+        assert!(!rt.epoch_ticker_parked(), "calls woke the ticker");
+    }
+
     #[test]
     fn unbounded_allocation_is_stopped_at_the_memory_cap() {
         let mut chaos = chaos(Limits {

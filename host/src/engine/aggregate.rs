@@ -108,6 +108,8 @@ pub(super) fn instantiate(
         });
     };
     let mut store = new_store(plugin, name, limits);
+    // Instantiation runs the guest's start functions.
+    let _awake = store.data().awake();
     let bindings = pre
         .instantiate(&mut store)
         .map_err(|e| start_error(name, e))?;

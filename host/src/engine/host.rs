@@ -18,6 +18,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::weir::plugin::host::{Host, Level};
+use super::ticker::{Awake, Ticker};
 
 /// Longest line of guest output written to the log; the rest is cut so a
 /// guest cannot make one log record arbitrarily large.
@@ -42,10 +43,13 @@ pub(super) struct HostState {
     /// The last line the guest wrote to stderr (a Rust panic message, for
     /// instance), for the failure report of a trap.
     pub(super) last_stderr: Arc<Mutex<Option<String>>>,
+    /// The runtime's epoch ticker, which must run while this store runs
+    /// guest code.
+    ticker: Ticker,
 }
 
 impl HostState {
-    pub(super) fn new(plugin: Arc<str>, memory_cap_bytes: usize) -> Self {
+    pub(super) fn new(plugin: Arc<str>, memory_cap_bytes: usize, ticker: Ticker) -> Self {
         let last_stderr = Arc::new(Mutex::new(None));
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::new(plugin.clone(), "stdout", None))
@@ -66,7 +70,14 @@ impl HostState {
                 cap_bytes: memory_cap_bytes,
             },
             last_stderr,
+            ticker,
         }
+    }
+
+    /// Keeps the epoch advancing (the deadline's clock) until the guard
+    /// drops: held across every entry into guest code.
+    pub(super) fn awake(&self) -> Awake {
+        self.ticker.enter()
     }
 }
 

@@ -471,7 +471,11 @@ pub(super) fn init_outcome(
 pub(super) fn new_store(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Store<HostState> {
     let mut store = Store::new(
         &plugin.inner.runtime.engine,
-        HostState::new(name.clone(), limits.memory_cap_bytes),
+        HostState::new(
+            name.clone(),
+            limits.memory_cap_bytes,
+            plugin.inner.runtime.ticker.clone(),
+        ),
     );
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(deadline_ticks(limits.batch_deadline));
@@ -496,6 +500,8 @@ fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live,
         });
     };
     let mut store = new_store(plugin, name, limits);
+    // Instantiation runs the guest's start functions.
+    let _awake = store.data().awake();
     let instance = pre
         .instance_pre()
         .instantiate(&mut store)
@@ -581,6 +587,7 @@ pub(super) fn call<L: Guest, R>(
 ) -> Result<R, CallError> {
     live.store().set_epoch_deadline(deadline_ticks(deadline));
     live.store().data().last_stderr.lock().unwrap().take();
+    let _awake = live.store().data().awake();
     f(live).map_err(|e| {
         let e = to_anyhow(e);
         let stderr = live.store().data().last_stderr.lock().unwrap().take();

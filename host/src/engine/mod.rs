@@ -23,9 +23,12 @@ mod contract;
 mod host;
 mod instance;
 mod journal;
+mod ticker;
+
+pub use ticker::PARK_AFTER;
+use ticker::Ticker;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,9 +68,11 @@ mod aggregator_bindings {
 
 pub use bindings::weir::plugin::types::PluginKind;
 
-/// How often the engine's epoch advances. A batch deadline is a whole number
-/// of ticks, so this bounds how late an overrunning guest is stopped; the
-/// cost is one atomic increment per tick on a background thread.
+/// How often the engine's epoch advances while plugins run. A batch
+/// deadline is a whole number of ticks, so this bounds how late an
+/// overrunning guest is stopped; the cost is one wake-up per tick of a
+/// background thread, which sleeps while no plugin has run for
+/// [`PARK_AFTER`].
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Linear memory an instance may use unless the manifest says otherwise.
@@ -143,13 +148,9 @@ struct RuntimeInner {
     /// with the compiler's error: the same bytes fail the same way, so a
     /// large one is not compiled again to learn it.
     failed: Mutex<std::collections::HashMap<[u8; 32], String>>,
-    ticker_stop: Arc<AtomicBool>,
-}
-
-impl Drop for RuntimeInner {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
+    /// Advances `engine`'s epoch while guest code may run; its thread
+    /// stops with the last clone (this one, and each store's).
+    ticker: Ticker,
 }
 
 impl Runtime {
@@ -165,8 +166,8 @@ impl Runtime {
         bindings::Transformer::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(to_anyhow)?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
+        let ticks = engine.clone();
+        let ticker = Ticker::start(move || ticks.increment_epoch(), EPOCH_TICK, PARK_AFTER)?;
 
         let cache = ArtifactCache::new(&engine, options.cache_dir);
         Ok(Runtime {
@@ -177,7 +178,7 @@ impl Runtime {
                 cache,
                 compiled: Mutex::default(),
                 failed: Mutex::default(),
-                ticker_stop,
+                ticker,
             }),
         })
     }
@@ -327,6 +328,12 @@ impl Runtime {
         Ok(self.inner.compiler.get_or_init(|| engine))
     }
 
+    /// Whether the epoch ticker sleeps because no plugin has run for
+    /// [`PARK_AFTER`]; the next plugin call wakes it.
+    pub fn epoch_ticker_parked(&self) -> bool {
+        self.inner.ticker.is_parked()
+    }
+
     /// Whether this runtime has built its compiler: not while every plugin
     /// came from the cache.
     pub fn compiler_started(&self) -> bool {
@@ -359,19 +366,6 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
         path: path.to_owned(),
         cause: e,
     })
-}
-
-fn spawn_epoch_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("weir-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })
-        .context("cannot start the epoch ticker thread")?;
-    Ok(())
 }
 
 /// A loaded, linked plugin component, ready to instantiate. Cheap to clone.
