@@ -37,10 +37,11 @@ pub enum AckOutcome {
 /// Starts tracking one source message. `on_done` runs exactly once, when the
 /// last token is gone.
 pub fn track(on_done: impl FnOnce(AckOutcome) + Send + 'static) -> AckToken {
+    // One allocation: `on_done` lives inside the shared part.
     AckToken {
         shared: Some(Arc::new(Shared {
             abandoned: AtomicBool::new(false),
-            on_done: std::sync::Mutex::new(Some(Box::new(on_done))),
+            on_done: std::sync::Mutex::new(Some(on_done)),
         })),
     }
 }
@@ -48,14 +49,26 @@ pub fn track(on_done: impl FnOnce(AckOutcome) + Send + 'static) -> AckToken {
 /// One output of a tracked message that still has to be delivered.
 pub struct AckToken {
     /// `None` once accepted, so that `Drop` knows not to abandon.
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<dyn Tracked>>,
 }
 
-type OnDone = Box<dyn FnOnce(AckOutcome) + Send>;
+/// The shared part of a message's tokens, whatever its `on_done`.
+trait Tracked: Send + Sync {
+    /// Some token was dropped unaccepted.
+    fn abandon(&self);
+}
 
-struct Shared {
+struct Shared<F: FnOnce(AckOutcome)> {
     abandoned: AtomicBool,
-    on_done: std::sync::Mutex<Option<OnDone>>,
+    /// Only taken in `drop`, through `get_mut`: never locked. The mutex
+    /// makes the part `Sync` for a callback that is only `Send`.
+    on_done: std::sync::Mutex<Option<F>>,
+}
+
+impl<F: FnOnce(AckOutcome) + Send> Tracked for Shared<F> {
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
 }
 
 impl AckToken {
@@ -85,12 +98,12 @@ impl Clone for AckToken {
 impl Drop for AckToken {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            shared.abandoned.store(true, Ordering::Relaxed);
+            shared.abandon();
         }
     }
 }
 
-impl Drop for Shared {
+impl<F: FnOnce(AckOutcome)> Drop for Shared<F> {
     fn drop(&mut self) {
         let outcome = if self.abandoned.load(Ordering::Relaxed) {
             AckOutcome::Abandoned

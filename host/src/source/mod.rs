@@ -392,7 +392,8 @@ fn accept<A: Send + 'static>(
         fields: Default::default(),
     };
     let ack = if qos == 0 {
-        ack::track(|_| {})
+        // Nothing to acknowledge.
+        AckToken::untracked()
     } else {
         let seq = acks.push(publish);
         let done = done.clone();
