@@ -323,6 +323,15 @@ impl Group {
         }
     }
 
+    /// An empty first try with room for `n` messages.
+    fn with_capacity(n: usize) -> Self {
+        Group {
+            messages: Vec::with_capacity(n),
+            metas: Vec::with_capacity(n),
+            retries: 0,
+        }
+    }
+
     fn push(&mut self, (message, meta): (Message, Meta)) {
         self.messages.push(message);
         self.metas.push(meta);
@@ -413,7 +422,10 @@ async fn run<S: Sink>(
                     Err(mpsc::error::TryRecvError::Disconnected) => input_done = true,
                 }
             }
-            let full = std::mem::replace(&mut batch, Group::new(0));
+            // The next batch is likely this one's size: room for that many
+            // saves its growth, a reallocation per doubling.
+            let next = Group::with_capacity(batch.len());
+            let full = std::mem::replace(&mut batch, next);
             batch_bytes = 0;
             jobs.spawn(deliver(shared.clone(), full));
             if let Some(item) = carry.take() {
