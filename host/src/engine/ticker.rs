@@ -9,7 +9,6 @@
 //! still while no call is in flight, so a parked ticker never lengthens a
 //! deadline.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,8 +29,6 @@ pub(super) struct Ticker {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
-    /// Ticks so far (for tests and diagnostics).
-    ticks: AtomicU64,
 }
 
 #[derive(Default)]
@@ -84,7 +81,6 @@ impl Ticker {
         let shared = Arc::new(Shared {
             state: Mutex::default(),
             wake: Condvar::new(),
-            ticks: AtomicU64::new(0),
         });
         let idle_limit = (park_after.as_nanos() / every.as_nanos().max(1)).max(1);
         let thread = shared.clone();
@@ -117,12 +113,6 @@ impl Ticker {
     pub(super) fn is_parked(&self) -> bool {
         self.shared.lock().parked
     }
-
-    /// Ticks so far.
-    #[cfg(test)]
-    fn ticks(&self) -> u64 {
-        self.shared.ticks.load(Ordering::Relaxed)
-    }
 }
 
 fn run(shared: &Shared, tick: &dyn Fn(), every: Duration, idle_limit: u128) {
@@ -131,7 +121,6 @@ fn run(shared: &Shared, tick: &dyn Fn(), every: Duration, idle_limit: u128) {
     loop {
         std::thread::sleep(every);
         tick();
-        shared.ticks.fetch_add(1, Ordering::Relaxed);
         let mut state = shared.lock();
         if state.stop {
             return;
@@ -159,11 +148,27 @@ fn run(shared: &Shared, tick: &dyn Fn(), every: Duration, idle_limit: u128) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Instant;
 
     use super::*;
 
     const EVERY: Duration = Duration::from_millis(1);
+
+    /// A ticker whose ticks are counted.
+    fn counted(park_after: Duration) -> (Ticker, impl Fn() -> u64) {
+        let count = Arc::new(AtomicU64::new(0));
+        let ticks = count.clone();
+        let ticker = Ticker::start(
+            move || {
+                ticks.fetch_add(1, Ordering::Relaxed);
+            },
+            EVERY,
+            park_after,
+        )
+        .unwrap();
+        (ticker, move || count.load(Ordering::Relaxed))
+    }
 
     /// Waits for `what` to hold; a hang guard, not a timing assertion.
     fn until(what: &str, f: impl Fn() -> bool) {
@@ -176,16 +181,16 @@ mod tests {
 
     #[test]
     fn it_parks_when_idle_and_ticks_again_for_the_next_call() {
-        let ticker = Ticker::start(|| {}, EVERY, 5 * EVERY).unwrap();
+        let (ticker, ticks) = counted(5 * EVERY);
         until("parked after 5 idle ticks", || ticker.is_parked());
-        let parked_at = ticker.ticks();
+        let parked_at = ticks();
         // A parked ticker makes no ticks: 50 would have passed.
         std::thread::sleep(50 * EVERY);
-        assert_eq!(ticker.ticks(), parked_at);
+        assert_eq!(ticks(), parked_at);
 
         let awake = ticker.enter();
         assert!(!ticker.is_parked());
-        until("ticking again", || ticker.ticks() >= parked_at + 20);
+        until("ticking again", || ticks() >= parked_at + 20);
         // 20 ticks with a call in flight, 5 allowed idle: still awake.
         assert!(!ticker.is_parked());
 
