@@ -1207,6 +1207,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_delivery_that_panics_abandons_only_its_batch() {
+        let sink = TestSink::new(|payloads, _| {
+            assert!(!payloads.iter().any(|p| p == "boom"), "a bug in the sink");
+            Ok(Written::All)
+        });
+        let cfg = DriverConfig {
+            batch_size: 1,
+            ..config()
+        };
+        let running = start(&sink, &cfg, None);
+        let acks = send_all(&running.handle, &["a", "boom", "b"]).await;
+        running.shutdown().await;
+        assert_eq!(sink.batches(), [["a"], ["boom"], ["b"]]);
+        let outcomes: Vec<_> = acks.iter().map(outcome).collect();
+        use AckOutcome::{Abandoned, Accepted};
+        assert_eq!(outcomes, [Some(Accepted), Some(Abandoned), Some(Accepted)]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn with_no_batch_time_a_batch_is_what_waited_during_the_last_write() {
         let (sink, gate) = TestSink::ok().gated();
         let cfg = DriverConfig {
