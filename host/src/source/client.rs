@@ -79,6 +79,11 @@ pub(super) trait Client: Send + 'static {
 
     /// Drives the connection; an error means it is down.
     fn poll(&mut self) -> impl Future<Output = Result<Polled<Self::Ack>, String>> + Send;
+    /// The next event an earlier poll already read, if any, without
+    /// polling. rumqttc reads every packet that has arrived in one go and
+    /// hands them out one `poll` at a time; taking them here skips a turn
+    /// of the source's `select!` (and the copies of its futures) for each.
+    fn queued(&mut self) -> Option<Polled<Self::Ack>>;
     /// Queues a SUBSCRIBE without waiting.
     fn try_subscribe(&self, filter: &str, qos: u8) -> Result<(), String>;
     /// Queues an UNSUBSCRIBE without waiting.
@@ -199,33 +204,14 @@ impl Client for V4 {
     type Ack = rumqttc::Publish;
 
     async fn poll(&mut self) -> Result<Polled<Self::Ack>, String> {
-        use rumqttc::{Event, Packet, SubscribeReasonCode};
-        Ok(
-            match self.eventloop.poll().await.map_err(|e| e.to_string())? {
-                Event::Incoming(Packet::ConnAck(ack)) => Polled::Connected {
-                    session_present: ack.session_present,
-                },
-                Event::Incoming(Packet::Publish(mut publish)) => {
-                    let topic: Arc<str> = Arc::from(publish.topic.as_str());
-                    let payload = std::mem::take(&mut publish.payload);
-                    Polled::Publish {
-                        topic,
-                        payload,
-                        qos: qos_number(publish.qos),
-                        ack: publish,
-                    }
-                }
-                Event::Incoming(Packet::SubAck(suback)) => Polled::Subscribed {
-                    pkid: suback.pkid,
-                    refused: suback
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure)),
-                    codes: format!("{:?}", suback.return_codes),
-                },
-                _ => Polled::Other,
-            },
-        )
+        let event = self.eventloop.poll().await.map_err(|e| e.to_string())?;
+        Ok(v4_polled(event))
+    }
+
+    fn queued(&mut self) -> Option<Polled<Self::Ack>> {
+        // What rumqttc's own poll does first while connected.
+        self.eventloop.network.as_ref()?;
+        self.eventloop.state.events.pop_front().map(v4_polled)
     }
 
     fn try_subscribe(&self, filter: &str, qos: u8) -> Result<(), String> {
@@ -288,6 +274,35 @@ impl Client for V4 {
     }
 }
 
+/// What one MQTT 3.1.1 event means to the source.
+fn v4_polled(event: rumqttc::Event) -> Polled<rumqttc::Publish> {
+    use rumqttc::{Event, Packet, SubscribeReasonCode};
+    match event {
+        Event::Incoming(Packet::ConnAck(ack)) => Polled::Connected {
+            session_present: ack.session_present,
+        },
+        Event::Incoming(Packet::Publish(mut publish)) => {
+            let topic: Arc<str> = Arc::from(publish.topic.as_str());
+            let payload = std::mem::take(&mut publish.payload);
+            Polled::Publish {
+                topic,
+                payload,
+                qos: qos_number(publish.qos),
+                ack: publish,
+            }
+        }
+        Event::Incoming(Packet::SubAck(suback)) => Polled::Subscribed {
+            pkid: suback.pkid,
+            refused: suback
+                .return_codes
+                .iter()
+                .any(|c| matches!(c, SubscribeReasonCode::Failure)),
+            codes: format!("{:?}", suback.return_codes),
+        },
+        _ => Polled::Other,
+    }
+}
+
 impl Client for V5 {
     type Ack = v5::mqttbytes::v5::Publish;
 
@@ -342,6 +357,12 @@ impl Client for V5 {
         self.client
             .try_subscribe(filter, qos)
             .map_err(|e| e.to_string())
+    }
+
+    fn queued(&mut self) -> Option<Polled<Self::Ack>> {
+        // This event loop keeps its connection private, so whether a queued
+        // event belongs to the live connection is the poll's to decide.
+        None
     }
 
     fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {

@@ -289,86 +289,107 @@ async fn run<C: Client>(
         // The controls are polled last: each poll of a waiting `watch`
         // takes its lock, and the broker's events come several per message.
         // The top of the loop reads them cheaply on every turn; the wait
-        // here only wakes an idle loop.
-        tokio::select! {
-            biased;
-            Some(done) = done_rx.recv() => {
-                // Take every completion there is, and send what they made
-                // ready in one write.
-                let mut next = Some(done);
-                while let Some((conn, seq, outcome)) = next {
-                    if conn == connection {
-                        acks.complete(seq, outcome);
-                    }
-                    next = done_rx.try_recv().ok();
-                }
-                if let Err(e) = client.send_acks(std::iter::from_fn(|| acks.next_ready())).await {
-                    telemetry::source_error("ack_not_sent", &e, "Cannot send acknowledgements; the broker will redeliver those messages.");
-                }
-            }
-            event = client.poll() => match event {
-                Ok(Polled::Connected { session_present }) => {
-                    connection += 1;
-                    acks = AckQueue::default();
-                    backoff = backoff_min;
-                    tracing::info!(session_present, "Connected to the broker.");
-                    telemetry::source_connected(true);
-                    for s in &subscriptions {
-                        if let Err(e) = client.try_subscribe(&s.filter, s.qos) {
-                            tracing::error!(filter = %s.filter, error = %e, "Cannot subscribe.");
+        // here only wakes an idle loop. Events the last read already
+        // queued come first, without a `select!`: under load most events
+        // are these.
+        let event = match client.queued() {
+            Some(polled) => Ok(polled),
+            None => tokio::select! {
+                biased;
+                Some(done) = done_rx.recv() => {
+                    // Take every completion there is, and send what they
+                    // made ready in one write.
+                    let mut next = Some(done);
+                    while let Some((conn, seq, outcome)) = next {
+                        if conn == connection {
+                            acks.complete(seq, outcome);
                         }
+                        next = done_rx.try_recv().ok();
                     }
-                }
-                Ok(Polled::Publish { topic, payload, qos, ack }) => {
-                    let Some(tx) = &out else {
-                        // Draining: leave it unacknowledged for redelivery.
-                        continue;
-                    };
-                    metrics.received(payload.len());
-                    let incoming = accept(topic, payload, qos, ack, connection, &mut acks, &done_tx);
-                    match tx.try_send(incoming) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(incoming)) => {
-                            if incoming.message.qos == 0 {
-                                telemetry::source_dropped("handoff_full");
-                                incoming.ack.accept();
-                            } else {
-                                overflow.push_back(incoming);
-                            }
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => out = None,
+                    if let Err(e) = client.send_acks(std::iter::from_fn(|| acks.next_ready())).await {
+                        telemetry::source_error("ack_not_sent", &e, "Cannot send acknowledgements; the broker will redeliver those messages.");
                     }
+                    continue;
                 }
-                Ok(Polled::Malformed) => {
-                    telemetry::source_dropped("topic_not_utf8");
-                    tracing::warn!("Dropped a message whose topic is not UTF-8.");
-                }
-                Ok(Polled::Subscribed { pkid, codes, refused }) => {
-                    if refused {
-                        tracing::error!(pkid, codes, "The broker refused a subscription; check the filter and the broker's ACL.");
-                    } else {
-                        tracing::info!(pkid, codes, "Subscribed.");
+                event = client.poll() => event,
+                control = controls.next() => {
+                    if let Some(next) = control {
+                        resubscribe(&mut client, &mut subscriptions, next);
                     }
-                }
-                Ok(Polled::Other) => {}
-                Err(e) => {
-                    telemetry::source_connected(false);
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Broker connection failed; reconnecting.");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        control = controls.next() => {
-                            if let Some(next) = control {
-                                resubscribe(&mut client, &mut subscriptions, next);
-                            }
-                        }
-                    }
-                    backoff = (backoff * 2).min(backoff_max);
+                    continue;
                 }
             },
-            control = controls.next() => {
-                if let Some(next) = control {
-                    resubscribe(&mut client, &mut subscriptions, next);
+        };
+        match event {
+            Ok(Polled::Connected { session_present }) => {
+                connection += 1;
+                acks = AckQueue::default();
+                backoff = backoff_min;
+                tracing::info!(session_present, "Connected to the broker.");
+                telemetry::source_connected(true);
+                for s in &subscriptions {
+                    if let Err(e) = client.try_subscribe(&s.filter, s.qos) {
+                        tracing::error!(filter = %s.filter, error = %e, "Cannot subscribe.");
+                    }
                 }
+            }
+            Ok(Polled::Publish {
+                topic,
+                payload,
+                qos,
+                ack,
+            }) => {
+                let Some(tx) = &out else {
+                    // Draining: leave it unacknowledged for redelivery.
+                    continue;
+                };
+                metrics.received(payload.len());
+                let incoming = accept(topic, payload, qos, ack, connection, &mut acks, &done_tx);
+                match tx.try_send(incoming) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(incoming)) => {
+                        if incoming.message.qos == 0 {
+                            telemetry::source_dropped("handoff_full");
+                            incoming.ack.accept();
+                        } else {
+                            overflow.push_back(incoming);
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => out = None,
+                }
+            }
+            Ok(Polled::Malformed) => {
+                telemetry::source_dropped("topic_not_utf8");
+                tracing::warn!("Dropped a message whose topic is not UTF-8.");
+            }
+            Ok(Polled::Subscribed {
+                pkid,
+                codes,
+                refused,
+            }) => {
+                if refused {
+                    tracing::error!(
+                        pkid,
+                        codes,
+                        "The broker refused a subscription; check the filter and the broker's ACL."
+                    );
+                } else {
+                    tracing::info!(pkid, codes, "Subscribed.");
+                }
+            }
+            Ok(Polled::Other) => {}
+            Err(e) => {
+                telemetry::source_connected(false);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Broker connection failed; reconnecting.");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    control = controls.next() => {
+                        if let Some(next) = control {
+                            resubscribe(&mut client, &mut subscriptions, next);
+                        }
+                    }
+                }
+                backoff = (backoff * 2).min(backoff_max);
             }
         }
     }

@@ -373,6 +373,16 @@ async fn drive(
             Ok(())
         };
         let event = match sent {
+            // Events rumqttc already queued (packets its last read took in,
+            // the publishes just written) need no poll, which would hand
+            // them out one per turn of this loop.
+            Ok(()) if eventloop.network.is_some() && !eventloop.state.events.is_empty() => {
+                let mut state = tracker.lock();
+                for event in eventloop.state.events.drain(..) {
+                    state.on_event(&event);
+                }
+                continue;
+            }
             Ok(()) => tokio::select! {
                 event = eventloop.poll() => event.map_err(|e| e.to_string()),
                 _ = tracker.wake.notified() => continue,
