@@ -348,6 +348,12 @@ impl Client for V5 {
         )
     }
 
+    fn queued(&mut self) -> Option<Polled<Self::Ack>> {
+        // This event loop keeps its connection private, so whether a queued
+        // event belongs to the live connection is the poll's to decide.
+        None
+    }
+
     fn try_subscribe(&self, filter: &str, qos: u8) -> Result<(), String> {
         let qos = if qos == 0 {
             v5::mqttbytes::QoS::AtMostOnce
@@ -357,12 +363,6 @@ impl Client for V5 {
         self.client
             .try_subscribe(filter, qos)
             .map_err(|e| e.to_string())
-    }
-
-    fn queued(&mut self) -> Option<Polled<Self::Ack>> {
-        // This event loop keeps its connection private, so whether a queued
-        // event belongs to the live connection is the poll's to decide.
-        None
     }
 
     fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {
