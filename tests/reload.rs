@@ -536,6 +536,10 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
     );
     weir.wait_for_log("Subscribed.", 3);
     let path = p("weir.toml");
+    // The watcher's first look finds the manifest weir started from: no
+    // reload, no log line above debug.
+    weir.wait_for_log("Manifest file unchanged.", 1);
+    assert_eq!(weir.lines_with("Manifest reloaded").len(), 0);
 
     let publisher = publish_steadily_on(broker.url(), "steady", N, 100, Duration::from_millis(40));
     publish(&broker, "win/a", 0, 30, "v");
@@ -588,6 +592,14 @@ fn adding_removing_and_changing_while_traffic_flows_and_a_broken_manifest_change
     assert!(line.contains("qos"), "names the bad qos: {line}");
     publish(&broker, "new/x", 10, 20, "n");
     weir.wait_for_lines(&p("new.jsonl"), 20);
+
+    // Put back as it runs: said so, nothing reloaded. The same bytes
+    // written again (an editor saving without an edit): not reloaded.
+    replace_atomically(&path, changed.as_bytes());
+    weir.wait_for_log("Manifest is back to the version that runs", 1);
+    replace_atomically(&path, changed.as_bytes());
+    weir.wait_for_log("Manifest file unchanged.", 2);
+    assert_eq!(weir.lines_with("Manifest reloaded").len(), 1);
 
     publisher.join().unwrap();
     publish(&broker, "win/a", 30, 50, "v");

@@ -146,6 +146,11 @@ pub(super) struct Reporter<'s> {
 }
 
 impl<'s> Reporter<'s> {
+    /// The manifest text being checked.
+    pub(super) fn source(&self) -> &'s str {
+        self.source
+    }
+
     pub(super) fn new(file: &str, source: &'s str) -> Self {
         let lines = std::iter::once(0)
             .chain(source.match_indices('\n').map(|(i, _)| i + 1))

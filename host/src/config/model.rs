@@ -28,6 +28,9 @@ pub const MQTTS_PORT: u16 = 8883;
 pub struct Config {
     /// The manifest file (absolute).
     pub path: PathBuf,
+    /// The manifest's text as it was loaded: a look at the file that
+    /// finds the same bytes has nothing to reload.
+    pub source: Source,
     /// The broker weir subscribes through.
     pub broker: BrokerConfig,
     /// Where `/metrics` and `/health` are served; `None` when disabled.
@@ -45,6 +48,17 @@ pub struct Config {
     /// The rules (in `rules`, in manifest order) with a step that runs a
     /// plugin of `compiling`: their queues hold messages until it is ready.
     pub waiting: Vec<WaitingRule>,
+}
+
+/// The text a [`Config`] was loaded from. Its `Debug` shows the length
+/// only: a manifest may hold a password written inline.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Source(pub std::sync::Arc<str>);
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Source({} bytes)", self.0.len())
+    }
 }
 
 /// A plugin whose component is compiled in the background.

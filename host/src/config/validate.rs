@@ -148,6 +148,7 @@ impl<'a, 's> Validator<'a, 's> {
         }
         Some(Config {
             path: self.path.clone(),
+            source: Source(self.r.source().into()),
             broker: broker?,
             http: http?,
             plugins,

@@ -88,6 +88,8 @@ pub struct Reloader {
     compiling: Arc<Mutex<HashSet<PathBuf>>>,
     /// The manifest changed while a plugin compiled: reload it after.
     manifest_deferred: bool,
+    /// The last manifest load was refused (what ran before still runs).
+    manifest_refused: bool,
 }
 
 /// What became of one change.
@@ -121,6 +123,7 @@ impl Reloader {
             sink_watchers: tokio::task::JoinSet::new(),
             compiling: Arc::default(),
             manifest_deferred: false,
+            manifest_refused: false,
         }
     }
 
@@ -180,6 +183,20 @@ impl Reloader {
     /// Handles a settled change to a watched file.
     pub async fn on_change(&mut self, pipeline: &mut Pipeline, change: Change) -> Outcome {
         if change.path == self.config.path {
+            // The watcher's first look at start-up, a `touch`, an editor
+            // saving without an edit: the same bytes load the same model.
+            // (SIGHUP reloads regardless.)
+            if let Ok(text) = tokio::fs::read_to_string(&change.path).await
+                && *text == *self.config.source.0
+            {
+                let file = change.path.display();
+                if std::mem::take(&mut self.manifest_refused) {
+                    tracing::info!(%file, "Manifest is back to the version that runs; nothing changed.");
+                } else {
+                    tracing::debug!(%file, "Manifest file unchanged.");
+                }
+                return Outcome::Unchanged;
+            }
             return self.reload_manifest(pipeline, true).await;
         }
         let waited_for = (self.config.compiling.iter())
@@ -234,6 +251,7 @@ impl Reloader {
                     return Outcome::Retrying;
                 }
                 self.failed.remove(&path);
+                self.manifest_refused = true;
                 telemetry::manifest_reload_failed(&file, problems.trim_end());
                 return Outcome::Failed(problems);
             }
@@ -505,6 +523,7 @@ impl Reloader {
             Ok(changes) => changes,
             Err(e) => {
                 let problems = format!("{e:#}");
+                self.manifest_refused = true;
                 telemetry::manifest_reload_failed(&file, &problems);
                 return Outcome::Failed(problems);
             }
@@ -542,6 +561,7 @@ impl Reloader {
                 .set_rule(&rule.name, crate::health::RuleState::Starting);
         }
         self.config = new;
+        self.manifest_refused = false;
         // The rules rebuilt from the new manifest have not been told.
         self.start_failed.clear();
         self.compile_waiting();
