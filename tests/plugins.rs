@@ -252,6 +252,41 @@ mod isolation {
         assert_eq!(payloads(&next.outputs), ["after"]);
     }
 
+    /// Plugins share the engine's epoch: what stops one call past its
+    /// deadline must not stop another plugin's call before its own.
+    #[test]
+    fn a_loop_stopped_at_its_deadline_does_not_cut_short_another_plugins_call() {
+        let rt = runtime();
+        let plugin = rt.load(Path::new(guests::CHAOS)).unwrap();
+        let spin = |deadline: Duration| {
+            let limits = Limits {
+                batch_deadline: deadline,
+                ..Limits::default()
+            };
+            let mut chaos = plugin
+                .instantiate("chaos", &Default::default(), limits)
+                .unwrap();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let outcome = chaos.process(&[text("t", "spin")]);
+                (outcome, started.elapsed())
+            })
+        };
+        let long = spin(Duration::from_secs(2));
+        let short = spin(Duration::from_millis(100));
+        let (short, short_took) = short.join().unwrap();
+        let (long, long_took) = long.join().unwrap();
+        for outcome in [&short, &long] {
+            assert_eq!(outcome.failures.len(), 1);
+            assert_eq!(outcome.failures[0].kind, FailureKind::Deadline);
+        }
+        assert!(short_took >= Duration::from_millis(100), "{short_took:?}");
+        assert!(
+            long_took >= Duration::from_secs(2),
+            "interrupted after {long_took:?}, before its 2 s deadline"
+        );
+    }
+
     /// An idle runtime stops its epoch ticker (no wake-ups while nothing
     /// runs); the next call must wake it, or a loop would never be
     /// interrupted.

@@ -109,7 +109,7 @@ pub(super) fn instantiate(
     };
     let mut store = new_store(plugin, name, limits);
     // Instantiation runs the guest's start functions.
-    let _awake = store.data().awake();
+    let _awake = store.data_mut().awake(limits.batch_deadline);
     let bindings = pre
         .instantiate(&mut store)
         .map_err(|e| start_error(name, e))?;

@@ -9,6 +9,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
@@ -43,9 +44,12 @@ pub(super) struct HostState {
     /// The last line the guest wrote to stderr (a Rust panic message, for
     /// instance), for the failure report of a trap.
     pub(super) last_stderr: Arc<Mutex<Option<String>>>,
-    /// The runtime's epoch ticker, which must run while this store runs
+    /// The runtime's epoch ticker, which must watch every entry into
     /// guest code.
     ticker: Ticker,
+    /// When the guest call in progress (or the last one) is due: the
+    /// store's epoch callback interrupts the guest from then on.
+    due: Instant,
 }
 
 impl HostState {
@@ -71,13 +75,25 @@ impl HostState {
             },
             last_stderr,
             ticker,
+            due: Instant::now(),
         }
     }
 
-    /// Keeps the epoch advancing (the deadline's clock) until the guard
-    /// drops: held across every entry into guest code.
-    pub(super) fn awake(&self) -> Awake {
-        self.ticker.enter()
+    /// Starts the clock of a guest call with `deadline`: the ticker
+    /// watches it until the guard drops. Held across every entry into
+    /// guest code.
+    pub(super) fn awake(&mut self, deadline: Duration) -> Awake {
+        let now = Instant::now();
+        // A deadline too far to represent is no deadline.
+        self.due = now
+            .checked_add(deadline)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        self.ticker.enter(deadline, self.due)
+    }
+
+    /// Whether the guest call in progress has run past its deadline.
+    pub(super) fn overdue(&self) -> bool {
+        Instant::now() >= self.due
     }
 }
 

@@ -23,14 +23,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::Store;
 use wasmtime::component::TypedFunc;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::batch::{self, Encoder, Inputs};
 use super::bindings::Transformer;
 use super::bindings::weir::plugin::types::PluginKind;
 use super::host::{HostState, MemoryCapExceeded};
-use super::{ConfigKey, ContractError, EPOCH_TICK, Limits, Metadata, Plugin, Pre, to_anyhow};
+use super::{ConfigKey, ContractError, Limits, Metadata, Plugin, Pre, to_anyhow};
 use crate::message::Message;
 use crate::telemetry;
 
@@ -478,7 +478,16 @@ pub(super) fn new_store(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Sto
         ),
     );
     store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(deadline_ticks(limits.batch_deadline));
+    // The epoch advances only when some call is past its deadline (see
+    // `ticker`); each store checks whether it is its own.
+    store.epoch_deadline_callback(|store| {
+        Ok(if store.data().overdue() {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(1)
+        })
+    });
+    store.set_epoch_deadline(1);
     store
 }
 
@@ -501,7 +510,7 @@ fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live,
     };
     let mut store = new_store(plugin, name, limits);
     // Instantiation runs the guest's start functions.
-    let _awake = store.data().awake();
+    let _awake = store.data_mut().awake(limits.batch_deadline);
     let instance = pre
         .instance_pre()
         .instantiate(&mut store)
@@ -585,9 +594,9 @@ pub(super) fn call<L: Guest, R>(
     deadline: Duration,
     f: impl FnOnce(&mut L) -> wasmtime::Result<R>,
 ) -> Result<R, CallError> {
-    live.store().set_epoch_deadline(deadline_ticks(deadline));
+    live.store().set_epoch_deadline(1);
     live.store().data().last_stderr.lock().unwrap().take();
-    let _awake = live.store().data().awake();
+    let _awake = live.store().data_mut().awake(deadline);
     f(live).map_err(|e| {
         let e = to_anyhow(e);
         let stderr = live.store().data().last_stderr.lock().unwrap().take();
@@ -619,11 +628,6 @@ fn describe(e: &anyhow::Error, stderr: Option<String>) -> String {
         Some(line) => format!("{root} (the plugin's last words: {line})"),
         None => root,
     }
-}
-
-fn deadline_ticks(deadline: Duration) -> u64 {
-    // One extra tick: the current tick may be almost over.
-    (deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
 pub(super) fn check_config_keys(

@@ -68,13 +68,6 @@ mod aggregator_bindings {
 
 pub use bindings::weir::plugin::types::PluginKind;
 
-/// How often the engine's epoch advances while plugins run. A batch
-/// deadline is a whole number of ticks, so this bounds how late an
-/// overrunning guest is stopped; the cost is one wake-up per tick of a
-/// background thread, which sleeps while no plugin has run for
-/// [`PARK_AFTER`].
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
-
 /// Linear memory an instance may use unless the manifest says otherwise.
 /// Protects the gateway: a leaking guest stops at this size, not at the OOM
 /// killer.
@@ -148,8 +141,8 @@ struct RuntimeInner {
     /// with the compiler's error: the same bytes fail the same way, so a
     /// large one is not compiled again to learn it.
     failed: Mutex<std::collections::HashMap<[u8; 32], String>>,
-    /// Advances `engine`'s epoch while guest code may run; its thread
-    /// stops with the last clone (this one, and each store's).
+    /// Advances `engine`'s epoch when a guest call is past its deadline;
+    /// its thread stops with the last clone (this one, and each store's).
     ticker: Ticker,
 }
 
@@ -167,7 +160,7 @@ impl Runtime {
             .map_err(to_anyhow)?;
 
         let ticks = engine.clone();
-        let ticker = Ticker::start(move || ticks.increment_epoch(), EPOCH_TICK, PARK_AFTER)?;
+        let ticker = Ticker::start(move || ticks.increment_epoch(), PARK_AFTER)?;
 
         let cache = ArtifactCache::new(&engine, options.cache_dir);
         Ok(Runtime {

@@ -1,22 +1,39 @@
-//! The epoch ticker: advances the engine's epoch, which bounds every guest
-//! call (the CPU deadline), while guest code may be running — and sleeps
-//! once none has run for [`PARK_AFTER`], so that an idle weir makes no
-//! wake-ups at all (a gateway's CPU can stay in its low-power state).
+//! The epoch ticker: advances the engine's epoch when a guest call has run
+//! past its deadline (the CPU deadline), and otherwise sleeps.
 //!
-//! Every entry into guest code holds an [`Awake`] from [`Ticker::enter`];
-//! the first one after a quiet spell wakes the ticker. A call's deadline is
-//! counted in ticks from the epoch at its start, and the epoch only stands
-//! still while no call is in flight, so a parked ticker never lengthens a
-//! deadline.
+//! Every entry into guest code holds an [`Awake`] from [`Ticker::enter`],
+//! which records when that call is due. The ticker sleeps until the
+//! earliest due call in flight, or, with none, for the shortest deadline
+//! any call has had (a call that starts meanwhile cannot be due before the
+//! ticker wakes); a call due before the ticker's next wake-up wakes it. When
+//! it finds a call past its due time it advances the epoch. Each store
+//! watches for that with a callback (set up in `instance::new_store`) that
+//! interrupts its guest only if its own call is the one past due; the others
+//! carry on. So a call is interrupted at its deadline (within the timer's
+//! slack), and calls that end in time cost no wake-up: under a steady
+//! stream of batches the thread wakes once per shortest deadline (1 s by
+//! default) instead of on a fixed short tick.
+//!
+//! With no guest call for [`PARK_AFTER`] it parks, so an idle weir makes no
+//! wake-ups at all (a gateway's CPU can stay in its low-power state); the
+//! next call wakes it.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-/// How long the ticker keeps ticking after the last guest call ended. Long
-/// enough that a pipeline under load (a call per batch) never parks it.
+/// How long the ticker keeps watching after the last guest call ended
+/// before it parks.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How soon the ticker advances the epoch again while a call it found past
+/// due is still running (its guest may be inside a host call, where the
+/// epoch is not checked).
+const AGAIN_AFTER: Duration = Duration::from_millis(5);
+
+/// The longest the ticker sleeps at once while it is not parked.
+const LONGEST_SLEEP: Duration = Duration::from_secs(60);
 
 /// The handle the engine keeps; cheap to clone. Stops the thread when the
 /// last clone is dropped.
@@ -31,13 +48,18 @@ struct Shared {
     wake: Condvar,
 }
 
-#[derive(Default)]
 struct State {
-    /// Guest calls in flight.
-    running: usize,
-    /// Guest calls started, ever: tells the ticker a call came and went
-    /// between two of its ticks.
+    /// Guest calls in flight: (call id, when it is due).
+    running: Vec<(u64, Instant)>,
+    /// Guest calls started, ever: the id of the next, and tells the ticker
+    /// a call came and went while it slept.
     started: u64,
+    /// The shortest deadline of any call so far: how long the ticker may
+    /// sleep with no call in flight.
+    shortest: Duration,
+    /// When the ticker wakes next; `None` while it is parked (or has not
+    /// gone to sleep yet).
+    wake_at: Option<Instant>,
     parked: bool,
     stop: bool,
 }
@@ -53,40 +75,49 @@ impl Drop for StopOnDrop {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is plain counters, consistent after any panic.
+        // The state is plain data, consistent after any panic.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Proof that the ticker is running; held across one entry into guest
+/// Proof that the ticker watches a call; held across one entry into guest
 /// code.
 pub(super) struct Awake {
     shared: Arc<Shared>,
+    id: u64,
 }
 
 impl Drop for Awake {
     fn drop(&mut self) {
-        self.shared.lock().running -= 1;
+        let mut state = self.shared.lock();
+        if let Some(i) = state.running.iter().position(|(id, _)| *id == self.id) {
+            state.running.swap_remove(i);
+        }
     }
 }
 
 impl Ticker {
-    /// Starts the thread: `tick` every `every`, parking after `park_after`
-    /// with no guest call.
+    /// Starts the thread: `tick` advances the epoch; the thread parks after
+    /// `park_after` with no guest call.
     pub(super) fn start(
         tick: impl Fn() + Send + 'static,
-        every: Duration,
         park_after: Duration,
     ) -> anyhow::Result<Ticker> {
         let shared = Arc::new(Shared {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                running: Vec::new(),
+                started: 0,
+                shortest: park_after,
+                wake_at: None,
+                parked: false,
+                stop: false,
+            }),
             wake: Condvar::new(),
         });
-        let idle_limit = (park_after.as_nanos() / every.as_nanos().max(1)).max(1);
         let thread = shared.clone();
         std::thread::Builder::new()
             .name("weir-epoch".into())
-            .spawn(move || run(&thread, &tick, every, idle_limit))
+            .spawn(move || run(&thread, &tick, park_after))
             .context("cannot start the epoch ticker thread")?;
         Ok(Ticker {
             _stop: Arc::new(StopOnDrop(shared.clone())),
@@ -94,18 +125,22 @@ impl Ticker {
         })
     }
 
-    /// Marks a guest call as running until the guard drops, waking the
-    /// ticker if it sleeps.
-    pub(super) fn enter(&self) -> Awake {
+    /// Watches a guest call that started now with `deadline`, due at
+    /// `due`, until the guard drops; wakes the ticker if it would sleep
+    /// past `due`.
+    pub(super) fn enter(&self, deadline: Duration, due: Instant) -> Awake {
         let mut state = self.shared.lock();
-        state.running += 1;
+        let id = state.started;
         state.started = state.started.wrapping_add(1);
-        if state.parked {
+        state.running.push((id, due));
+        state.shortest = state.shortest.min(deadline);
+        if state.parked || state.wake_at.is_some_and(|at| due < at) {
             state.parked = false;
             self.shared.wake.notify_one();
         }
         Awake {
             shared: self.shared.clone(),
+            id,
         }
     }
 
@@ -115,45 +150,54 @@ impl Ticker {
     }
 }
 
-fn run(shared: &Shared, tick: &dyn Fn(), every: Duration, idle_limit: u128) {
-    let mut seen = 0;
-    let mut idle = 0;
+fn run(shared: &Shared, tick: &dyn Fn(), park_after: Duration) {
+    let mut state = shared.lock();
+    let mut seen = state.started;
+    let mut active_at = Instant::now();
     loop {
-        std::thread::sleep(every);
-        tick();
-        let mut state = shared.lock();
         if state.stop {
             return;
         }
-        if state.running > 0 || state.started != seen {
+        let now = Instant::now();
+        if state.running.iter().any(|&(_, due)| due <= now) {
+            tick();
+        }
+        if !state.running.is_empty() || state.started != seen {
             seen = state.started;
-            idle = 0;
+            active_at = now;
+        } else if now.saturating_duration_since(active_at) >= park_after {
+            state.parked = true;
+            state.wake_at = None;
+            while state.parked && !state.stop {
+                state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            seen = state.started;
+            active_at = Instant::now();
             continue;
         }
-        idle += 1;
-        if idle < idle_limit {
-            continue;
-        }
-        state.parked = true;
-        while state.parked && !state.stop {
-            state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        if state.stop {
-            return;
-        }
-        seen = state.started;
-        idle = 0;
+        // A call that starts from now on is due no sooner than `shortest`
+        // from now; one that comes with a shorter deadline wakes the ticker.
+        let sleep = (state.running.iter())
+            .map(|&(_, due)| match due.checked_duration_since(now) {
+                Some(left) if !left.is_zero() => left,
+                _ => AGAIN_AFTER,
+            })
+            .fold(state.shortest, Duration::min)
+            .min(LONGEST_SLEEP);
+        state.wake_at = Some(now + sleep);
+        state = (shared.wake.wait_timeout(state, sleep))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Instant;
 
     use super::*;
 
-    const EVERY: Duration = Duration::from_millis(1);
+    const MS: Duration = Duration::from_millis(1);
 
     /// A ticker whose ticks are counted.
     fn counted(park_after: Duration) -> (Ticker, impl Fn() -> u64) {
@@ -163,11 +207,15 @@ mod tests {
             move || {
                 ticks.fetch_add(1, Ordering::Relaxed);
             },
-            EVERY,
             park_after,
         )
         .unwrap();
         (ticker, move || count.load(Ordering::Relaxed))
+    }
+
+    /// Enters a call with `deadline`, due from now.
+    fn enter(ticker: &Ticker, deadline: Duration) -> Awake {
+        ticker.enter(deadline, Instant::now() + deadline)
     }
 
     /// Waits for `what` to hold; a hang guard, not a timing assertion.
@@ -180,41 +228,78 @@ mod tests {
     }
 
     #[test]
-    fn it_parks_when_idle_and_ticks_again_for_the_next_call() {
-        let (ticker, ticks) = counted(5 * EVERY);
-        until("parked after 5 idle ticks", || ticker.is_parked());
-        let parked_at = ticks();
-        // A parked ticker makes no ticks: 50 would have passed.
-        std::thread::sleep(50 * EVERY);
-        assert_eq!(ticks(), parked_at);
+    fn a_call_past_its_deadline_gets_a_tick_and_not_before() {
+        let (ticker, ticks) = counted(Duration::from_secs(60));
+        let deadline = 50 * MS;
+        let started = Instant::now();
+        let awake = enter(&ticker, deadline);
+        until("a tick for the overdue call", || ticks() >= 1);
+        assert!(started.elapsed() >= deadline, "ticked before the deadline");
+        // Still running (a guest inside a host call): ticked again.
+        until("another tick", || ticks() >= 2);
+        drop(awake);
+    }
 
-        let awake = ticker.enter();
-        assert!(!ticker.is_parked());
-        until("ticking again", || ticks() >= parked_at + 20);
-        // 20 ticks with a call in flight, 5 allowed idle: still awake.
-        assert!(!ticker.is_parked());
+    #[test]
+    fn calls_that_end_in_time_cost_no_tick() {
+        let (ticker, ticks) = counted(Duration::from_secs(60));
+        let started = Instant::now();
+        while started.elapsed() < 200 * MS {
+            drop(enter(&ticker, Duration::from_secs(2)));
+            std::thread::sleep(MS);
+        }
+        // Every call ended long before its 2 s: nothing was due.
+        std::thread::sleep(50 * MS);
+        assert_eq!(ticks(), 0);
+    }
 
+    #[test]
+    fn a_call_due_before_the_ticker_wakes_wakes_it() {
+        let (ticker, ticks) = counted(Duration::from_secs(60));
+        // The ticker now sleeps for up to a minute between looks.
+        drop(enter(&ticker, Duration::from_secs(60)));
+        std::thread::sleep(20 * MS);
+        let started = Instant::now();
+        let _awake = enter(&ticker, 30 * MS);
+        until("a tick for the short call", || ticks() >= 1);
+        assert!(started.elapsed() >= 30 * MS);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the ticker slept on"
+        );
+    }
+
+    #[test]
+    fn it_parks_when_idle_and_watches_again_for_the_next_call() {
+        let (ticker, ticks) = counted(20 * MS);
+        until("parked after 20 idle ms", || ticker.is_parked());
+        let awake = enter(&ticker, 10 * MS);
+        assert!(!ticker.is_parked());
+        until("a tick for the call", || ticks() >= 1);
+        // A call in flight keeps it awake, however long.
+        std::thread::sleep(50 * MS);
+        assert!(!ticker.is_parked());
         drop(awake);
         until("parked again", || ticker.is_parked());
     }
 
     #[test]
-    fn a_call_that_came_and_went_between_two_ticks_keeps_it_awake() {
-        let ticker = Ticker::start(|| {}, EVERY, 200 * EVERY).unwrap();
-        // Short calls, never one at a tick: the count of calls started
-        // still tells the ticker it is not idle.
+    fn a_call_that_came_and_went_while_it_slept_keeps_it_awake() {
+        let (ticker, _) = counted(200 * MS);
+        // Short calls, never one in flight when it looks: the count of
+        // calls started still tells the ticker it is not idle.
         let started = Instant::now();
-        while started.elapsed() < 100 * EVERY {
-            drop(ticker.enter());
+        while started.elapsed() < 500 * MS {
+            drop(enter(&ticker, 10 * MS));
             assert!(!ticker.is_parked(), "parked between short calls");
-            std::thread::sleep(EVERY / 4);
+            std::thread::sleep(MS);
         }
         until("parked once the calls stop", || ticker.is_parked());
     }
 
     #[test]
     fn dropping_the_ticker_stops_its_thread_even_while_parked() {
-        let ticker = Ticker::start(|| {}, EVERY, 2 * EVERY).unwrap();
+        let (ticker, _) = counted(2 * MS);
         until("parked", || ticker.is_parked());
         let shared = Arc::downgrade(&ticker.shared);
         drop(ticker);
