@@ -11,7 +11,9 @@
 //! default) until [`LINGER_FILL`] messages are queued before it takes the
 //! next one: under load, messages then cross to it and on to the sinks
 //! several at a time instead of one by one, each crossing a thread wake-up
-//! on both sides. The first message after a quiet spell is taken at once.
+//! on both sides. It lingers only while busy (see [`linger_after`]): the
+//! first message after a quiet spell is taken at once, and messages that
+//! come far apart cost no wait after them.
 //!
 //! Every message carries an ack token from the source ([`crate::ack`]): one
 //! clone travels with each output to each sink, and with each error report
@@ -707,6 +709,20 @@ async fn route(
     }
 }
 
+/// How long a rule's worker lingers after a batch of `len` messages that
+/// came `waited` after it asked for one. It lingers only while the rule is
+/// busy: the batch held more than one message, or came within twice the
+/// linger. A rule whose messages come far apart takes each at once and
+/// goes straight back to waiting: lingering after it would cost a timed
+/// wake-up per message and gather nothing.
+fn linger_after(linger: Duration, len: usize, waited: Duration) -> Duration {
+    if len > 1 || waited < linger * 2 {
+        linger
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// A rule's bounded queue, pushed from the async router and popped by the
 /// rule's thread.
 struct RuleQueue {
@@ -1149,10 +1165,11 @@ impl RuleWorker {
             .name(format!("rule-{}", rule.name))
             .spawn(move || {
                 let tick = windowed.then_some(WINDOW_TICK);
-                // Only right after a batch: the first message after a quiet
-                // spell is taken at once.
+                // Only right after a batch, and only while busy: the first
+                // message after a quiet spell is taken at once.
                 let mut linger = Duration::ZERO;
                 loop {
+                    let asked = Instant::now();
                     let popped = q.pop(RULE_BATCH, tick, linger);
                     linger = Duration::ZERO;
                     match popped {
@@ -1162,11 +1179,11 @@ impl RuleWorker {
                             }
                         }
                         Popped::Batch(batch) => {
+                            linger = linger_after(rule_linger, batch.len(), asked.elapsed());
                             worker.process(batch);
                             if windowed {
                                 worker.tick(false);
                             }
-                            linger = rule_linger;
                         }
                         Popped::Idle => worker.tick(false),
                         Popped::Closed => {
@@ -1551,6 +1568,26 @@ mod tests {
     use crate::ack::{self, AckOutcome};
 
     type Outcomes = Arc<Mutex<Vec<(u64, AckOutcome)>>>;
+
+    #[test]
+    fn a_worker_lingers_only_while_messages_come_close_together() {
+        let linger = Duration::from_micros(200);
+        let us = Duration::from_micros;
+        // Messages far apart: each taken alone, no wait after it.
+        assert_eq!(linger_after(linger, 1, us(50_000)), Duration::ZERO);
+        assert_eq!(linger_after(linger, 1, us(400)), Duration::ZERO);
+        // Close together: a batch of several, or one soon after asking
+        // (including one that arrived during the last linger).
+        assert_eq!(linger_after(linger, 5, us(50_000)), linger);
+        assert_eq!(linger_after(linger, 1, us(399)), linger);
+        assert_eq!(linger_after(linger, 1, us(200)), linger);
+        assert_eq!(linger_after(linger, 1, Duration::ZERO), linger);
+        // `linger = "0s"`: never.
+        assert_eq!(
+            linger_after(Duration::ZERO, 64, Duration::ZERO),
+            Duration::ZERO
+        );
+    }
 
     fn message(id: u64, qos: u8) -> Message {
         Message {

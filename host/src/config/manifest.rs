@@ -475,11 +475,12 @@ pub struct RuleSpec {
     pub backpressure: Option<Backpressure>,
     /// Messages the rule's queue holds. Example: `10000`.
     pub queue_size: Option<usize>,
-    /// After a batch, how long the rule's thread waits for more messages
-    /// to queue before it takes the next batch (it goes on at once when 64
-    /// are queued); larger batches cost less CPU per message, and a message
-    /// waits at most this long. `"0s"` takes each message as it comes.
-    /// Default `"200us"`. Example: `"1ms"`.
+    /// After a batch, while messages come close together, how long the
+    /// rule's thread waits for more messages to queue before it takes the
+    /// next batch (it goes on at once when 64 are queued); larger batches
+    /// cost less CPU per message, and a message waits at most this long.
+    /// Messages that come far apart are taken as they come. `"0s"` takes
+    /// each message as it comes. Default `"200us"`. Example: `"1ms"`.
     pub linger: Option<DurationText>,
 }
 
