@@ -219,6 +219,44 @@ mod isolation {
     }
 
     #[test]
+    fn every_message_of_a_batch_reaches_the_guest_whole() {
+        // Parts of every size, empty included, and timestamps that need
+        // both words, so that a wrong offset or a swapped word shows.
+        let mut batch = Vec::new();
+        for i in 0..40_i64 {
+            let mut m = text(&format!("t/{}", "x".repeat(i as usize % 7)), "describe");
+            m.payload = format!("describe{}", "é".repeat(i as usize % 5)).into();
+            let pairs: Vec<(String, String)> = (0..i % 3)
+                .map(|k| (format!("k{k}"), "v".repeat((i + k) as usize % 4)))
+                .collect();
+            m.fields =
+                weir::Fields::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            m.timestamp_ms = (i - 20) * (1 << 40) + i;
+            m.qos = (i % 3) as u8;
+            batch.push(m);
+        }
+        let mut chaos = chaos(Limits::default());
+        let outcome = chaos.process(&batch);
+        assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
+        let expected: Vec<String> = batch
+            .iter()
+            .map(|m| {
+                let fields: Vec<String> =
+                    m.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "{} {} [{}] {} {}",
+                    m.topic,
+                    String::from_utf8_lossy(&m.payload),
+                    fields.join(","),
+                    m.timestamp_ms,
+                    m.qos
+                )
+            })
+            .collect();
+        assert_eq!(payloads(&outcome.outputs), expected);
+    }
+
+    #[test]
     fn a_rejected_message_fails_alone_without_a_restart() {
         let mut chaos = chaos(Limits::default());
         let outcome = chaos.process(&[text("t", "a"), text("t", "fail"), text("t", "b")]);

@@ -30,13 +30,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use wasmtime::Store;
+use wasmtime::component::{Func, TypedFunc};
 
 use super::aggregator_bindings::Aggregator as Bindings;
-use super::batch::{self, Encoder, Inputs};
-use super::bindings::weir::plugin::types::Batch;
+use super::batch::{self, Inputs, Lowered};
+use super::bindings::weir::plugin::types::{Failure as GuestFailure, Outcome};
+use super::contract::AGGREGATE_INTERFACE;
 use super::host::HostState;
 use super::instance::{
-    CallError, Guest, call, check_config_keys, init_outcome, new_store, start_error,
+    CallError, Guest, call, check_config_keys, export_func, init_outcome, new_store, start_error,
 };
 use super::journal::{self, Journal, LostAccumulator, Op};
 use super::{BatchOutcome, Failure, FailureKind, Limits, Plugin, PluginError, Pre};
@@ -75,7 +77,6 @@ pub struct Aggregator {
     config_json: String,
     limits: Limits,
     live: Option<Live>,
-    encoder: Encoder,
     /// Reused `targets` words.
     targets: Vec<u32>,
     /// What rebuilding the accumulators after a trap needs.
@@ -86,6 +87,10 @@ pub struct Aggregator {
 pub(super) struct Live {
     store: Store<HostState>,
     bindings: Bindings,
+    /// `accumulate` and `finish`, called with [`Lowered`] batches (see
+    /// [`export_func`]).
+    accumulate: Func,
+    finish: Func,
 }
 
 impl Guest for Live {
@@ -110,10 +115,35 @@ pub(super) fn instantiate(
     let mut store = new_store(plugin, name, limits);
     // Instantiation runs the guest's start functions.
     let _awake = store.data_mut().awake(limits.batch_deadline);
-    let bindings = pre
+    let instance = pre
+        .instance_pre()
         .instantiate(&mut store)
         .map_err(|e| start_error(name, e))?;
-    Ok(Live { store, bindings })
+    let bindings = Bindings::new(&mut store, &instance).map_err(|e| start_error(name, e))?;
+    let accumulate = *export_func::<(Lowered<'static>, &'static [u32]), (Vec<GuestFailure>,)>(
+        &mut store,
+        &instance,
+        plugin,
+        name,
+        AGGREGATE_INTERFACE,
+        "accumulate",
+    )?
+    .func();
+    let finish = *export_func::<(&'static [u32], Lowered<'static>), (Outcome,)>(
+        &mut store,
+        &instance,
+        plugin,
+        name,
+        AGGREGATE_INTERFACE,
+        "finish",
+    )?
+    .func();
+    Ok(Live {
+        store,
+        bindings,
+        accumulate,
+        finish,
+    })
 }
 
 /// Calls the guest's `metadata`.
@@ -165,7 +195,6 @@ impl Aggregator {
             config_json,
             limits,
             live: Some(live),
-            encoder: Encoder::new(),
             targets: Vec::new(),
             journal: Journal::new(),
             stats: AggregatorStats::default(),
@@ -256,13 +285,9 @@ impl Aggregator {
         let mut words = std::mem::take(&mut self.targets);
         words.clear();
         words.extend(targets.iter().flat_map(|&(m, id)| [m, id]));
-        // Taken out for the call (which needs `&mut self`), put back after:
-        // its buffers are reused from batch to batch.
-        let mut encoder = std::mem::replace(&mut self.encoder, Encoder::new());
-        let batch = match encoder.encode(messages) {
+        let batch = match Lowered::new(messages) {
             Ok(batch) => batch,
             Err(batch::BatchTooLarge) => {
-                self.encoder = encoder;
                 self.targets = words;
                 return Ok((0..messages.len())
                     .map(|input| Failure {
@@ -274,11 +299,14 @@ impl Aggregator {
             }
         };
         let result = self.call(|live| {
-            live.bindings
-                .weir_plugin_aggregate()
-                .call_accumulate(&mut live.store, batch, &words)
+            // SAFETY: `instantiate` checked this type, for other lifetimes
+            // of the same borrowed arguments.
+            let accumulate: TypedFunc<(Lowered<'_>, &[u32]), (Vec<GuestFailure>,)> =
+                unsafe { TypedFunc::new_unchecked(live.accumulate) };
+            accumulate
+                .call(&mut live.store, (batch, &words))
+                .map(|(failures,)| failures)
         });
-        self.encoder = encoder;
         self.targets = words;
         let failures = result?;
         let mut out: Vec<Failure> = Vec::with_capacity(failures.len());
@@ -384,11 +412,9 @@ impl Aggregator {
     }
 
     fn raw_finish(&mut self, ids: &[u32], messages: &[Message]) -> Result<BatchOutcome, CallError> {
-        let mut encoder = std::mem::replace(&mut self.encoder, Encoder::new());
-        let batch: &Batch = match encoder.encode(messages) {
+        let batch = match Lowered::new(messages) {
             Ok(batch) => batch,
             Err(batch::BatchTooLarge) => {
-                self.encoder = encoder;
                 // Window descriptions are small; this cannot happen short of
                 // billions of windows. Release them rather than leak.
                 self.raw_discard(ids)?;
@@ -402,11 +428,13 @@ impl Aggregator {
             }
         };
         let outcome = self.call(|live| {
-            live.bindings
-                .weir_plugin_aggregate()
-                .call_finish(&mut live.store, ids, batch)
+            // SAFETY: as in `raw_accumulate`.
+            let finish: TypedFunc<(&[u32], Lowered<'_>), (Outcome,)> =
+                unsafe { TypedFunc::new_unchecked(live.finish) };
+            finish
+                .call(&mut live.store, (ids, batch))
+                .map(|(outcome,)| outcome)
         });
-        self.encoder = encoder;
         let outcome = outcome?;
         let mut result = BatchOutcome::default();
         if let Err(reason) = batch::decode(outcome, Inputs::Borrowed(messages), 0, &mut result) {

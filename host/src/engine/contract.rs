@@ -13,9 +13,9 @@ pub const CONTRACT_PACKAGE: &str = "weir:plugin";
 /// Versions of `weir:plugin` this weir has bindings for (semver line).
 pub const SUPPORTED_LINE: &str = "0.1";
 /// The interface a transform plugin exports.
-const TRANSFORM_INTERFACE: &str = "weir:plugin/transform";
+pub(super) const TRANSFORM_INTERFACE: &str = "weir:plugin/transform";
 /// The interface an aggregate plugin exports (world `aggregator`).
-const AGGREGATE_INTERFACE: &str = "weir:plugin/aggregate";
+pub(super) const AGGREGATE_INTERFACE: &str = "weir:plugin/aggregate";
 /// The interface a stateful transform also exports (world
 /// `stateful-transformer`): snapshot and restore of its state.
 pub(super) const STATE_INTERFACE: &str = "weir:plugin/state";

@@ -23,12 +23,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::TypedFunc;
+use wasmtime::component::{ComponentNamedList, Func, Lift, Lower, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 
-use super::batch::{self, Encoder, Inputs};
+use super::batch::{self, Inputs, Lowered};
 use super::bindings::Transformer;
-use super::bindings::weir::plugin::types::PluginKind;
+use super::bindings::weir::plugin::types::{Outcome, PluginKind};
+use super::contract::{STATE_INTERFACE, TRANSFORM_INTERFACE};
 use super::host::{HostState, MemoryCapExceeded};
 use super::{ConfigKey, ContractError, Limits, Metadata, Plugin, Pre, to_anyhow};
 use crate::message::Message;
@@ -198,7 +199,6 @@ pub struct Instance {
     config_json: String,
     limits: Limits,
     live: Option<Live>,
-    encoder: Encoder,
     stats: InstanceStats,
     /// Registered at the first batch (an instance may be built before
     /// `weir run` installs its metrics recorder).
@@ -208,6 +208,9 @@ pub struct Instance {
 struct Live {
     store: Store<HostState>,
     bindings: Transformer,
+    /// The `process` export, called with [`Lowered`] batches; its type was
+    /// checked against `(Lowered, ) -> (Outcome, )` at instantiation.
+    process: Func,
     /// The `state` interface, when the plugin exports it.
     state: Option<StateFns>,
 }
@@ -256,7 +259,6 @@ impl Instance {
             config_json,
             limits,
             live: Some(live),
-            encoder: Encoder::new(),
             stats: InstanceStats::default(),
             metrics: None,
         })
@@ -380,7 +382,7 @@ impl Instance {
             }
         }
         let live = self.live.as_mut().expect("started above");
-        let batch = match self.encoder.encode(messages) {
+        let batch = match Lowered::new(messages) {
             Ok(batch) => batch,
             Err(batch::BatchTooLarge) if messages.len() > 1 => {
                 let (head, tail) = messages.split_at(messages.len() / 2);
@@ -394,9 +396,13 @@ impl Instance {
             }
         };
         let called = call(live, self.limits.batch_deadline, |live| {
-            live.bindings
-                .weir_plugin_transform()
-                .call_process(&mut live.store, batch)
+            // SAFETY: `instantiate` checked this type, for another lifetime
+            // of the same borrowed messages.
+            let process: TypedFunc<(Lowered<'_>,), (Outcome,)> =
+                unsafe { TypedFunc::new_unchecked(live.process) };
+            process
+                .call(&mut live.store, (batch,))
+                .map(|(outcome,)| outcome)
         });
         match called {
             Ok(outcome) => {
@@ -516,32 +522,72 @@ fn instantiate(plugin: &Plugin, name: &Arc<str>, limits: Limits) -> Result<Live,
         .instantiate(&mut store)
         .map_err(|e| start_error(name, e))?;
     let bindings = Transformer::new(&mut store, &instance).map_err(|e| start_error(name, e))?;
-    let state = match &plugin.info().state_export {
+    let process = *export_func::<(Lowered<'static>,), (Outcome,)>(
+        &mut store,
+        &instance,
+        plugin,
+        name,
+        TRANSFORM_INTERFACE,
+        "process",
+    )?
+    .func();
+    let state = match plugin.info().state_export {
         None => None,
-        Some(export) => {
-            let lookup = |store: &mut Store<HostState>, func: &str| {
-                let iface = instance.get_export_index(&mut *store, None, export)?;
-                instance.get_export_index(&mut *store, Some(&iface), func)
-            };
-            let missing = |func: &str| PluginError::Start {
-                plugin: name.to_string(),
-                stage: "instantiate",
-                reason: format!("its {export} export has no usable `{func}` function"),
-            };
-            let snapshot = lookup(&mut store, "snapshot")
-                .and_then(|i| instance.get_typed_func(&mut store, i).ok())
-                .ok_or_else(|| missing("snapshot"))?;
-            let restore = lookup(&mut store, "restore")
-                .and_then(|i| instance.get_typed_func(&mut store, i).ok())
-                .ok_or_else(|| missing("restore"))?;
-            Some(StateFns { snapshot, restore })
-        }
+        Some(_) => Some(StateFns {
+            snapshot: export_func(
+                &mut store,
+                &instance,
+                plugin,
+                name,
+                STATE_INTERFACE,
+                "snapshot",
+            )?,
+            restore: export_func(
+                &mut store,
+                &instance,
+                plugin,
+                name,
+                STATE_INTERFACE,
+                "restore",
+            )?,
+        }),
     };
     Ok(Live {
         store,
         bindings,
+        process,
         state,
     })
+}
+
+/// The function `func` of the instance's `interface` export (at the
+/// contract version the plugin was built against), typed as `(P) -> (R)`.
+/// Functions that take a [`Lowered`] batch borrow their messages, so their
+/// callers keep the untyped [`Func`] and type it per call, for the call's
+/// lifetime, with [`TypedFunc::new_unchecked`].
+pub(super) fn export_func<P, R>(
+    store: &mut Store<HostState>,
+    instance: &wasmtime::component::Instance,
+    plugin: &Plugin,
+    name: &str,
+    interface: &str,
+    func: &str,
+) -> Result<TypedFunc<P, R>, PluginError>
+where
+    P: ComponentNamedList + Lower,
+    R: ComponentNamedList + Lift,
+{
+    let export = format!("{interface}@{}", plugin.info().contract_version);
+    let found = instance
+        .get_export_index(&mut *store, None, &export)
+        .and_then(|iface| instance.get_export_index(&mut *store, Some(&iface), func))
+        .and_then(|index| instance.get_func(&mut *store, index))
+        .ok_or_else(|| PluginError::Start {
+            plugin: name.to_owned(),
+            stage: "instantiate",
+            reason: format!("its {export} export has no `{func}` function"),
+        })?;
+    found.typed(&*store).map_err(|e| start_error(name, e))
 }
 
 /// Reads metadata from a throwaway instance.

@@ -16,6 +16,7 @@
 //! | `print` | writes a line to stdout and one to stderr, then passes |
 //! | `log` | logs `Chaos probe.` at info with `probe=yes`, then passes |
 //! | `clock` | emits `clock: <now_ms>` |
+//! | `describe…` | emits `<topic> <payload> [<key>=<value>,…] <timestamp ms> <qos>`: what the guest was handed |
 //! | anything else | passes unchanged |
 //!
 //! It is a flat-map so it may both drop and rewrite, and takes no config.
@@ -61,6 +62,7 @@ impl Transform for Chaos {
                 out.pass();
             }
             b"clock" => out.emit(text(format!("clock: {}", weir_sdk::now_ms()))),
+            p if p.starts_with(b"describe") => out.emit(text(describe(msg))),
             _ => out.pass(),
         }
         Ok(())
@@ -68,6 +70,20 @@ impl Transform for Chaos {
 }
 
 weir_sdk::export!(Chaos);
+
+/// Everything the guest was handed for `msg`, for tests that check the
+/// host's encoding of a batch.
+fn describe(msg: &Message) -> String {
+    let fields: Vec<String> = msg.fields().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "{} {} [{}] {} {}",
+        msg.topic(),
+        String::from_utf8_lossy(msg.payload()),
+        fields.join(","),
+        msg.timestamp_ms(),
+        msg.qos()
+    )
+}
 
 fn text(payload: String) -> Output {
     Output::new().payload(payload)
